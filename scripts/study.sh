@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Set up (if needed) and run a study end to end, to figures and tables.
+# Default: the small CPU study (config/default.yaml) on all local cores.
+# Usage: bash scripts/study.sh [config/<study>.yaml] [extra snakemake arguments...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+export MUJOCO_GL=${MUJOCO_GL:-osmesa} PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-osmesa}
+config=config/default.yaml
+if (( $# )) && [[ "$1" == *.yaml ]]; then config=$1; shift; fi
+exec .venv/bin/snakemake --configfile "$config" --cores "$(nproc)" --rerun-incomplete "$@"

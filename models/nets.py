@@ -1,0 +1,144 @@
+"""Building blocks shared by the world models: MLPs, the Dreamer conv encoder/decoder, image
+preprocessing, constrained parameter heads and diagonal-Gaussian helpers.
+
+Conventions: `B` batch, `T` time, `D` feature size; images are (3, 64, 64).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+import torch.nn.functional as F
+
+LOG_2PI = math.log(2.0 * math.pi)
+
+
+def mlp(in_dim: int, out_dim: int, hidden_dim: int, n_layers: int, act: type[nn.Module] = nn.ELU,
+        dropout: float = 0.0) -> nn.Sequential:
+    """`n_layers` hidden layers of width `hidden_dim` with activation `act` (and dropout after each),
+    then a linear output layer. `n_layers=0` gives a single linear layer."""
+    layers: list[nn.Module] = []
+    d = in_dim
+    for _ in range(n_layers):
+        layers += [nn.Linear(d, hidden_dim), act()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        d = hidden_dim
+    layers.append(nn.Linear(d, out_dim))
+    return nn.Sequential(*layers)
+
+
+def over_time(module: nn.Module, x: Tensor, event_dims: int) -> Tensor:
+    """Apply `module` to every step of `x` (B, T, *event) by folding time into the batch.
+    `event_dims` is the number of trailing dimensions the module consumes (1 for vectors, 3 for images)."""
+    lead = x.shape[: x.dim() - event_dims]
+    y = module(x.reshape(-1, *x.shape[x.dim() - event_dims:]))
+    return y.reshape(*lead, *y.shape[1:])
+
+
+def preprocess_image(obs: Tensor, bits: int = 5, dequantize: bool = False) -> Tensor:
+    """uint8 images -> floats in [-0.5, 0.5) (PlaNet/VRKN): reduce to `bits` bits, scale, and optionally add
+    uniform dequantisation noise (training only)."""
+    if obs.dtype != torch.uint8:
+        raise ValueError(f"obs: expected uint8 images, got {obs.dtype}")
+    bins = 2**bits
+    x = torch.floor(obs.float() / 2 ** (8 - bits))
+    if dequantize:
+        x = x + torch.rand_like(x)
+    return x / bins - 0.5
+
+
+class ConvEncoder(nn.Module):
+    """Dreamer/PlaNet encoder: 4 convs (kernel 4, stride 2, no padding, channels 32/64/128/256 for depth 32),
+    ReLU, flatten. (B, 3, 64, 64) -> (B, 32 * depth) = (B, 1024)."""
+
+    def __init__(self, depth: int = 32):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, depth, 4, 2), nn.ReLU(),
+            nn.Conv2d(depth, 2 * depth, 4, 2), nn.ReLU(),
+            nn.Conv2d(2 * depth, 4 * depth, 4, 2), nn.ReLU(),
+            nn.Conv2d(4 * depth, 8 * depth, 4, 2), nn.ReLU(),
+            nn.Flatten(),
+        )
+        self.out_dim = 32 * depth
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+
+class ConvDecoder(nn.Module):
+    """Dreamer/PlaNet decoder: Linear -> (32*depth, 1, 1) -> deconvs (kernel 5, 5, 6, 6; stride 2; channels
+    128/64/32/3 for depth 32). (B, in_dim) -> mean image (B, 3, 64, 64)."""
+
+    def __init__(self, in_dim: int, depth: int = 32):
+        super().__init__()
+        self.fc = nn.Linear(in_dim, 32 * depth)
+        self.net = nn.Sequential(
+            nn.ConvTranspose2d(32 * depth, 4 * depth, 5, 2), nn.ReLU(),
+            nn.ConvTranspose2d(4 * depth, 2 * depth, 5, 2), nn.ReLU(),
+            nn.ConvTranspose2d(2 * depth, depth, 6, 2), nn.ReLU(),
+            nn.ConvTranspose2d(depth, 3, 6, 2),
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        return self.net(self.fc(z)[:, :, None, None])
+
+
+def is_image(obs_shape: tuple[int, ...]) -> bool:
+    """Pixel observations are (3, H, W); state observations are (D,)."""
+    if len(obs_shape) == 3:
+        return True
+    if len(obs_shape) == 1:
+        return False
+    raise ValueError(f"obs_shape: expected (3, 64, 64) or (D,), got {obs_shape}")
+
+
+def make_encoder(obs_shape: tuple[int, ...], hidden_dim: int, depth: int = 32, n_layers: int = 3) -> tuple[nn.Module, int]:
+    """Conv encoder for images, `n_layers`-layer ELU MLP for state vectors. Returns (module, output size)."""
+    if is_image(obs_shape):
+        enc = ConvEncoder(depth)
+        return enc, enc.out_dim
+    return nn.Sequential(mlp(obs_shape[0], hidden_dim, hidden_dim, n_layers - 1), nn.ELU()), hidden_dim
+
+
+def make_decoder(in_dim: int, obs_shape: tuple[int, ...], hidden_dim: int, depth: int = 32, n_layers: int = 3) -> nn.Module:
+    """Decoder to the mean of p(o_t | z_t): conv decoder for images, MLP for state vectors."""
+    if is_image(obs_shape):
+        return ConvDecoder(in_dim, depth)
+    return mlp(in_dim, obs_shape[0], hidden_dim, n_layers)
+
+
+def obs_to_target(obs: Tensor, image: bool, dequantize: bool) -> Tensor:
+    """What the encoder sees and the decoder reconstructs: preprocessed images, or the float state vector."""
+    return preprocess_image(obs, dequantize=dequantize) if image else obs.float()
+
+
+def gaussian_log_lik(x: Tensor, mean: Tensor, event_dims: int, std: float = 1.0) -> Tensor:
+    """log N(x | mean, std^2 I), summed over the trailing `event_dims` dimensions."""
+    ll = -0.5 * ((x - mean) / std) ** 2 - math.log(std) - 0.5 * LOG_2PI
+    return ll.flatten(-event_dims).sum(-1) if event_dims > 0 else ll
+
+
+def scaled_sigmoid(raw: Tensor, lower: float, upper: float, init: float) -> Tensor:
+    """lower + (upper - lower) * sigmoid(raw + shift), with the shift chosen so that raw = 0 gives `init`
+    (VRKN's scaled-shifted sigmoid)."""
+    if not lower < init < upper:
+        raise ValueError(f"init: {init} must lie strictly between lower={lower} and upper={upper}")
+    p = (init - lower) / (upper - lower)
+    shift = math.log(p / (1 - p))
+    return lower + (upper - lower) * torch.sigmoid(raw + shift)
+
+
+def softplus_positive(raw: Tensor, init: float, floor: float) -> Tensor:
+    """softplus(raw + shift) + floor, with raw = 0 giving `init` (VRKN's variance parameterisation)."""
+    if init <= floor:
+        raise ValueError(f"init: {init} must exceed floor={floor}")
+    shift = math.log(math.expm1(init - floor))
+    return F.softplus(raw + shift) + floor
+
+
+def diag_gaussian_kl(mu_q: Tensor, var_q: Tensor, mu_p: Tensor, var_p: Tensor) -> Tensor:
+    """KL(N(mu_q, diag var_q) || N(mu_p, diag var_p)), summed over the last dimension."""
+    return 0.5 * (torch.log(var_p) - torch.log(var_q) + (var_q + (mu_q - mu_p) ** 2) / var_p - 1.0).sum(-1)

@@ -1,0 +1,87 @@
+"""Final-score tables: IQM return [95% CI] per method and task, plus the aggregate IQM over all tasks, as
+Markdown and LaTeX (booktabs). One table per experiment: `tables/final_<experiment>.{md,tex}`.
+
+Returns are shown (= 1000 x normalised score); the aggregate column is the IQM over runs x tasks (rliable).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.estimates import coverage_note
+from analysis.plan import Experiment, display_name, sort_methods
+from rl.io import atomic_write_text
+
+MISSING = "–"
+
+
+def _cell(row) -> str:
+    return f"{1000 * row['estimate']:.0f} [{1000 * row['ci_low']:.0f}, {1000 * row['ci_high']:.0f}]"
+
+
+def final_table(per_task: pd.DataFrame, aggregate: pd.DataFrame, exp: Experiment) -> pd.DataFrame:
+    """Strings: one row per method (and context length in a context experiment), one column per task."""
+    pt = per_task[per_task["experiment"] == exp.name] if len(per_task) else per_task
+    ag = aggregate[(aggregate["experiment"] == exp.name) & (aggregate["metric"] == "IQM")] if len(aggregate) \
+        else aggregate
+    with_ctx = exp.kind == "context"
+    methods = sort_methods(list(pt["method"]) if len(pt) else [])
+    rows = []
+    for m in methods:
+        for ctx in exp.context_lengths:
+            row = {"Method": display_name(m)}
+            if with_ctx:
+                row["Context"] = str(ctx)
+            sel = pt[(pt["method"] == m) & (pt["context_length"] == ctx)].set_index("task")
+            if sel.empty:
+                continue
+            for t in exp.tasks:
+                row[t] = _cell(sel.loc[t]) if t in sel.index else MISSING
+            a = ag[(ag["method"] == m) & (ag["context_length"] == ctx)]
+            row["Aggregate IQM"] = _cell(a.iloc[0]) if len(a) else MISSING
+            rows.append(row)
+    columns = ["Method", *(["Context"] if with_ctx else []), *exp.tasks, "Aggregate IQM"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def caption(exp: Experiment, note: str = "") -> str:
+    ctx = ", ".join(str(c) for c in exp.context_lengths)
+    return (f"{exp.name}: final return, IQM over runs [95% stratified-bootstrap CI]; context length {ctx}; "
+            f"aggregate = IQM over runs x tasks (x 1000)." + (f" ({note})" if note else ""))
+
+
+def to_markdown(table: pd.DataFrame, title: str = "") -> str:
+    lines = [f"**{title}**", ""] if title else []
+    lines.append("| " + " | ".join(table.columns) + " |")
+    lines.append("|" + "|".join(":---" if i == 0 else "---:" for i in range(len(table.columns))) + "|")
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def _tex(s: str) -> str:
+    for a, b in (("\\", r"\textbackslash{}"), ("&", r"\&"), ("%", r"\%"), ("_", r"\_"), ("#", r"\#"),
+                 ("$", r"\$"), ("–", "--")):
+        s = s.replace(a, b)
+    return s
+
+
+def to_latex(table: pd.DataFrame, title: str, label: str) -> str:
+    align = "l" + "r" * (len(table.columns) - 1)
+    lines = [r"\begin{table}[t]", r"\centering", r"\small", rf"\caption{{{_tex(title)}}}", rf"\label{{{label}}}",
+             rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+             " & ".join(_tex(c) for c in table.columns) + r" \\", r"\midrule"]
+    lines += [" & ".join(_tex(str(v)) for v in row) + r" \\" for row in table.itertuples(index=False)]
+    lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(results_dir: str | Path, est: dict[str, pd.DataFrame], experiments: list[Experiment]) -> list[Path]:
+    out = Path(results_dir) / "tables"
+    paths = []
+    for exp in experiments:
+        table = final_table(est.get("per_task", pd.DataFrame()), est.get("aggregate", pd.DataFrame()), exp)
+        title = caption(exp, coverage_note(est.get("coverage", pd.DataFrame()), exp.name))
+        paths.append(atomic_write_text(out / f"final_{exp.name}.md", to_markdown(table, title)))
+        paths.append(atomic_write_text(out / f"final_{exp.name}.tex", to_latex(table, title, f"tab:final_{exp.name}")))
+    return paths

@@ -1,0 +1,424 @@
+"""Analysis on SYNTHETIC run directories (tests/analysis_fixtures.py): collect lists every run (incomplete ones
+included), the estimates equal rliable called directly on score arrays built here from the fixture's ground truth,
+every figure is written with the expected panels, and the tables parse.
+
+The whole pipeline runs once per module (`python -m analysis all`, few bootstrap reps); the reference estimates
+are computed here from the fixture's ground truth, without the analysis package's own selection code."""
+from __future__ import annotations
+
+import io
+import re
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from rliable import library, metrics
+
+from analysis import collect, estimates, figures, plan
+from analysis.__main__ import main
+from tests.analysis_fixtures import (BUDGET, EVAL_EVERY, MISSING, PAST_BUDGET, PUBLISHED_EVERY, RUNNING, SLOW,
+                                     make_published, make_study)
+
+REPS, SEED = 50, 3
+METRIC_FUNCS = (metrics.aggregate_iqm, metrics.aggregate_median, metrics.aggregate_mean,
+                lambda s: metrics.aggregate_optimality_gap(s, 1.0))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    """The synthetic study, analysed once with `python -m analysis all` (config, published rows, fixed seed)."""
+    root = tmp_path_factory.mktemp("study")
+    cfg, truth = make_study(root)
+    published = make_published(root / "published.csv")
+    (root / "study.yaml").write_text(yaml.safe_dump(cfg))
+    written = main(["all", "--results", str(root), "--study-config", str(root / "study.yaml"),
+                    "--reps", str(REPS), "--seed", str(SEED), "--published", str(root / "published.csv")])
+    return dict(root=root, cfg=cfg, truth=truth, published=published, written=written,
+                est=estimates.read_estimates(root), experiments=plan.experiments_from_config(cfg))
+
+
+@pytest.fixture(scope="module")
+def figs(study):
+    """The figures as matplotlib objects (the same code path as the files); all open at once, on purpose."""
+    matplotlib.rcParams["figure.max_open_warning"] = 0
+    out = figures.build_figures(study["est"], study["experiments"], estimates.Settings.from_config(study["cfg"]),
+                                study["root"] / "bench" / "update_step.json", with_update_step=True)
+    yield out
+    for f in out.values():
+        matplotlib.pyplot.close(f)
+    matplotlib.rcParams["figure.max_open_warning"] = matplotlib.rcParamsDefault["figure.max_open_warning"]
+
+
+# ---------------------------------------------------------------- independent references from the ground truth
+def final_score(ev: pd.DataFrame) -> float:
+    """Last evaluation at or before the budget (the synthetic evaluations land exactly on multiples of 1000)."""
+    return float(ev.loc[ev["env_step"] <= BUDGET, "return"].iloc[-1]) / 1000.0
+
+
+def published_final(pub: pd.DataFrame) -> dict[tuple[str, int], float]:
+    """Published rows onto our evaluation grid by hand: the mean of the points in (B - eval_every, B]."""
+    last = pub[(pub["env_step"] > BUDGET - EVAL_EVERY) & (pub["env_step"] <= BUDGET)]
+    assert len(last) == (EVAL_EVERY // PUBLISHED_EVERY) * pub.groupby(["task", "seed"]).ngroups
+    return {k: v / 1000.0 for k, v in last.groupby(["task", "seed"])["return"].mean().items()}
+
+
+def runs_of(study, exp, method, ctx):
+    """{task: {seed: eval DataFrame}} of the complete runs of one method in one experiment."""
+    return {t: {k[4]: ev for k, ev in study["truth"].items() if k[:4] == (exp.obs, t, method, ctx)}
+            for t in exp.tasks}
+
+
+def matrix(study, exp, method, ctx) -> np.ndarray | None:
+    """(runs x tasks): per task its n lowest seeds, n = the fewest complete runs of any task (rliable needs a
+    rectangle); None if a task has no complete run."""
+    if method.endswith(plan.PUBLISHED_SUFFIX):
+        fin = published_final(study["published"])
+        per_task = {t: [fin[(t, s)] for s in sorted(s for (tt, s) in fin if tt == t)] for t in exp.tasks}
+    else:
+        runs = runs_of(study, exp, method, ctx)
+        per_task = {t: [final_score(runs[t][s]) for s in sorted(runs[t])] for t in exp.tasks}
+    n = min(len(v) for v in per_task.values())
+    if n == 0:
+        return None
+    return np.array([[per_task[t][i] for t in exp.tasks] for i in range(n)])
+
+
+def seeded(fn, *args, **kwargs):
+    np.random.seed(SEED)
+    return fn(*args, **kwargs)
+
+
+def exp_named(study, name):
+    return next(e for e in study["experiments"] if e.name == name)
+
+
+def assert_matches(row_values, ref_point, ref_ci):
+    np.testing.assert_allclose(row_values, [ref_point, ref_ci[0], ref_ci[1]], rtol=1e-12, atol=1e-14)
+
+
+# ---------------------------------------------------------------- collect
+def test_scores_table_holds_every_evaluation(study):
+    scores = pd.read_csv(study["root"] / "scores.csv")
+    assert list(scores.columns) == collect.SCORE_COLUMNS
+    runs = scores[scores["source"] == "run"]
+    for key, ev in study["truth"].items():
+        obs, task, method, ctx, seed = key
+        got = runs[(runs["obs"] == obs) & (runs["task"] == task) & (runs["method"] == method)
+                   & (runs["context_length"] == ctx) & (runs["seed"] == seed)]
+        np.testing.assert_array_equal(got["env_step"], ev["env_step"])
+        np.testing.assert_allclose(got["score"], ev["return"] / 1000.0, rtol=1e-12)
+        assert got["complete"].all()
+    # the running run's evaluations are in the table, marked incomplete, not dropped
+    obs, task, method, ctx, seed = RUNNING
+    running = runs[(runs["task"] == task) & (runs["method"] == method) & (runs["seed"] == seed)
+                   & (runs["obs"] == obs)]
+    assert list(running["env_step"]) == [0, 1000, 2000, 3000, 4000, 5000] and not running["complete"].any()
+    assert len(runs) == sum(len(ev) for ev in study["truth"].values()) + len(running)
+    pub = scores[scores["source"] == "published"]
+    assert len(pub) == len(study["published"]) and pub["complete"].all() and pub["context_length"].isna().all()
+
+
+def test_incomplete_and_missing_runs_are_listed(study):
+    inc = pd.read_csv(study["root"] / "incomplete.csv")
+    got = {tuple(r[k] for k in collect.RUN_KEY): r["status"] for _, r in inc.iterrows()}
+    assert got == {RUNNING: "running", MISSING: "missing"}
+    runs = pd.read_csv(study["root"] / "runs.csv")
+    assert len(runs) == len(study["truth"]) + 2 and (runs["status"] == "complete").sum() == len(study["truth"])
+    # without the study config a missing run cannot be known, a running one still is
+    scores, found = collect.collect(study["root"])
+    assert set(found.loc[found["status"] != "complete", "seed"]) == {RUNNING[4]}
+    assert (found["status"] == "running").sum() == 1 and len(found) == len(study["truth"]) + 1
+
+
+def test_run_directory_disagreeing_with_its_config_is_an_error(tmp_path):
+    d = collect.run_path(tmp_path / "runs", "pixels", "walker-walk", "rssm", 32, 0)
+    d.mkdir(parents=True)
+    (d / "config.json").write_text('{"method": "vrkn", "seed": 0}')
+    with pytest.raises(ValueError, match="method='vrkn'"):
+        collect.collect(tmp_path)
+
+
+def test_published_rows_are_checked():
+    good = pd.DataFrame({"method": ["dreamerv3"], "obs": ["pixels"], "task": ["walker-walk"], "env_step": [1000],
+                         "return": [500.0]})
+    rows = collect.check_published(good)
+    assert rows["score"].iloc[0] == 0.5 and rows["complete"].iloc[0] and rows["source"].iloc[0] == "published"
+    with pytest.raises(ValueError, match="return"):
+        collect.check_published(good.drop(columns="return"))
+    with pytest.raises(ValueError, match="'run'"):
+        collect.check_published(good.assign(source="run"))
+
+
+# ---------------------------------------------------------------- estimates vs rliable called directly
+def test_aggregate_estimates_equal_rliable(study):
+    agg = study["est"]["aggregate"]
+    checked = 0
+    for exp in study["experiments"]:
+        for (method, ctx), rows in agg[agg["experiment"] == exp.name].groupby(["method", "context_length"]):
+            m = matrix(study, exp, method, ctx)
+            point, ci = seeded(library.get_interval_estimates, {"m": m},
+                               lambda s: np.array([f(s) for f in METRIC_FUNCS]), reps=REPS)
+            rows = rows.set_index("metric")
+            for i, metric in enumerate(estimates.METRICS):
+                assert_matches(rows.loc[metric, ["estimate", "ci_low", "ci_high"]].to_numpy(float),
+                               point["m"][i], ci["m"][:, i])
+            assert rows["n_runs"].iloc[0] == m.shape[0] and rows["n_tasks"].iloc[0] == m.shape[1]
+            assert (rows["reps"] == REPS).all() and (rows["seed"] == SEED).all()
+            checked += 1
+    # pixels 5 methods + published DreamerV3, noisy_state 4, context 3 methods x 3 lengths
+    assert checked == 6 + 4 + 9
+    # SAC on noisy_state: cheetah-run has 2 complete runs, so 2 runs per task enter the aggregate
+    sac = agg[(agg["experiment"] == "noisy_state") & (agg["method"] == "sac")]
+    assert (sac["n_runs"] == 2).all()
+
+
+def test_per_task_estimates_equal_rliable(study):
+    pt = study["est"]["per_task"]
+    for exp in study["experiments"]:
+        for r in pt[pt["experiment"] == exp.name].itertuples():
+            if r.method.endswith(plan.PUBLISHED_SUFFIX):
+                fin = published_final(study["published"])
+                scores = np.array([[v] for (t, s), v in sorted(fin.items()) if t == r.task])
+            else:
+                runs = runs_of(study, exp, r.method, r.context_length)[r.task]
+                scores = np.array([[final_score(runs[s])] for s in sorted(runs)])
+            point, ci = seeded(library.get_interval_estimates, {"m": scores},
+                               lambda s: np.array([metrics.aggregate_iqm(s)]), reps=REPS)
+            assert_matches([r.estimate, r.ci_low, r.ci_high], point["m"][0], ci["m"][:, 0])
+            assert r.n_runs == len(scores)
+
+
+def test_final_score_is_the_last_evaluation_within_the_budget(study):
+    final = study["est"]["final"]
+    obs, task, method, ctx, seed = PAST_BUDGET
+    r = final[(final["experiment"] == obs) & (final["task"] == task) & (final["method"] == method)
+              & (final["seed"] == seed)].iloc[0]
+    assert r["env_step"] == BUDGET and r["score"] == pytest.approx(final_score(study["truth"][PAST_BUDGET]))
+    assert r["score"] < 0.999  # not the 999 evaluated past the budget
+    # the wall-clock-limited runs: scored at their last evaluation, env steps reached from DONE
+    slow = final[(final["experiment"] == "context") & (final["method"] == SLOW[0])
+                 & (final["context_length"] == SLOW[1])]
+    assert len(slow) == 3 and (slow["env_step"] == 6000).all() and (slow["env_steps_reached"] == 6500).all()
+
+
+def test_performance_profiles_equal_rliable(study):
+    prof = study["est"]["profiles"]
+    for exp in (e for e in study["experiments"] if e.kind == "main"):
+        for method, rows in prof[prof["experiment"] == exp.name].groupby("method"):
+            m = matrix(study, exp, method, exp.context_lengths[0])
+            taus = np.linspace(0, 1, 101)
+            p, ci = seeded(library.create_performance_profile, {"m": m}, taus, reps=REPS)
+            rows = rows.sort_values("tau")
+            np.testing.assert_allclose(rows["tau"], taus, atol=1e-12)
+            np.testing.assert_allclose(rows["fraction"], p["m"], atol=1e-12)
+            np.testing.assert_allclose(rows[["ci_low", "ci_high"]].to_numpy().T, ci["m"], atol=1e-12)
+
+
+def test_probability_of_improvement_equals_rliable(study):
+    imp = study["est"]["improvement"]
+    n = 0
+    for r in imp.itertuples():
+        exp = exp_named(study, r.experiment)
+        x, y = matrix(study, exp, "kalmamba", r.context_length), matrix(study, exp, r.method_y, r.context_length)
+        point, ci = seeded(library.get_interval_estimates, {"p": (x, y)}, metrics.probability_of_improvement,
+                           reps=REPS)
+        assert_matches([r.probability, r.ci_low, r.ci_high], point["p"], np.ravel(ci["p"]))
+        assert (r.n_runs_x, r.n_runs_y) == (x.shape[0], y.shape[0])
+        n += 1
+    # pixels: 4 others (rssm, sac, 2 ablations) + published DreamerV3; noisy_state: 3; context: 2 x 3 lengths
+    assert n == 5 + 3 + 6
+    assert set(imp.loc[imp["experiment"] == "pixels", "method_y"]) == {
+        "rssm", "sac", "kalmamba_no_mamba", "kalmamba_no_reg", "dreamerv3" + plan.PUBLISHED_SUFFIX}
+
+
+def test_sample_efficiency_curves_equal_rliable(study):
+    cur = study["est"]["curves"]
+    exp = exp_named(study, "pixels")
+    grid = np.arange(0, BUDGET + 1, EVAL_EVERY)
+    for method in ("kalmamba", "rssm"):
+        runs = runs_of(study, exp, method, 32)
+        seeds = min((sorted(v) for v in runs.values()), key=len)
+        arr = np.array([[runs[t][s].set_index("env_step").loc[grid, "return"].to_numpy() / 1000.0
+                         for t in exp.tasks] for s in seeds])
+        point, ci = seeded(library.get_interval_estimates, {"m": arr},
+                           lambda s: np.array([metrics.aggregate_iqm(s[..., i]) for i in range(s.shape[-1])]),
+                           reps=REPS)
+        c = cur[(cur["experiment"] == "pixels") & (cur["method"] == method) & (cur["task"] == "aggregate")]
+        np.testing.assert_allclose(c["x"], grid)
+        np.testing.assert_allclose(c["iqm"], point["m"], rtol=1e-12)
+        np.testing.assert_allclose(c[["ci_low", "ci_high"]].to_numpy().T, ci["m"], rtol=1e-12)
+    # the context experiment also has wall-clock curves, in hours
+    wc = cur[(cur["experiment"] == "context") & (cur["x_kind"] == "wall_clock_h")]
+    assert set(wc["context_length"]) == {32, 64, 128} and wc["x"].max() < 2.0 + 1e-9
+
+
+def test_vectorised_iqm_equals_rliable_per_point():
+    rng = np.random.default_rng(0)
+    for shape in [(5, 4, 7), (3, 1, 2), (10, 3, 5)]:
+        s = rng.random(shape)
+        ref = [metrics.aggregate_iqm(s[..., i]) for i in range(shape[-1])]
+        np.testing.assert_allclose(estimates.iqm_per_point(s), ref, rtol=1e-13)
+
+
+def test_estimates_are_reproducible_for_a_fixed_seed(study):
+    scores = collect.read_scores(study["root"] / "scores.csv")
+    runs = collect.read_runs(study["root"] / "runs.csv")
+    exp = exp_named(study, "noisy_state")
+
+    def run(seed):
+        s = estimates.Settings.from_config(study["cfg"], reps=20, seed=seed)
+        return estimates.estimate_experiment(scores, runs, exp, s, from_config=True)["aggregate"]
+
+    a, b, c = run(5), run(5), run(6)
+    pd.testing.assert_frame_equal(a, b)
+    assert not np.allclose(a["ci_low"], c["ci_low"])
+
+
+def test_bad_settings_are_errors():
+    with pytest.raises(ValueError, match="reps"):
+        estimates.Settings(reps=0)
+    with pytest.raises(ValueError, match="eval_every"):
+        estimates.Settings(eval_every=-5)
+
+
+# ---------------------------------------------------------------- figures
+def test_every_expected_figure_file_is_written(study):
+    names = plan.expected_figures(study["cfg"])
+    assert "fig6_update_step" in names and "fig5_context_by_length" in names
+    for name in names:
+        pdf, png = (study["root"] / "figures" / f"{name}.{ext}" for ext in ("pdf", "png"))
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 3000, name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 3000, name
+    produced = {p.stem for p in (study["root"] / "figures").iterdir()}
+    assert produced == set(names)
+    expected = {study["root"] / p for p in plan.expected_outputs(study["cfg"])}
+    assert expected == set(study["written"])
+
+
+def titles(fig):
+    return [ax.get_title() for ax in fig.axes if ax.axison]
+
+
+def test_figure_panels(figs, study):
+    assert set(figs) == set(plan.expected_figures(study["cfg"]))
+    assert titles(figs["fig3_pixels_aggregate"]) == list(estimates.METRICS)
+    assert titles(figs["fig3_pixels_curves"]) == ["all tasks", "cartpole-swingup", "walker-walk"]
+    assert titles(figs["fig4_noisy_state_curves"]) == ["all tasks", "walker-walk", "cheetah-run"]
+    assert titles(figs["fig3_pixels_ablations_aggregate"]) == list(estimates.METRICS)
+    assert titles(figs["fig5_context_env_steps"]) == [f"context length {c}" for c in (32, 64, 128)]
+    assert titles(figs["fig5_context_wall_clock"]) == [f"context length {c}" for c in (32, 64, 128)]
+    assert titles(figs["fig5_context_by_length"]) == [m for m in ("KalMamba", "RSSM", "VRKN") for _ in range(2)]
+    assert titles(figs["fig6_update_step"]) == ["forward pass", "training update"]
+    assert len(figs["fig3_pixels_profiles"].axes) == 1 and len(figs["fig5_context_budget"].axes) == 1
+    # y tick labels name the methods of the aggregate panels: main methods vs ablations
+    ylabels = [t.get_text() for t in figs["fig3_pixels_aggregate"].axes[0].get_yticklabels()]
+    assert ylabels == ["KalMamba", "RSSM", "SAC", "DreamerV3 (published)"]
+    ylabels = [t.get_text() for t in figs["fig3_pixels_ablations_aggregate"].axes[0].get_yticklabels()]
+    assert ylabels == ["KalMamba", "KalMamba w/o Mamba", "KalMamba w/o reg."]
+    ylabels = [t.get_text() for t in figs["fig4_noisy_state_improvement"].axes[0].get_yticklabels()]
+    assert ylabels == ["RSSM", "VRKN", "SAC"]
+
+
+def test_incomplete_study_says_so_in_the_title(figs):
+    def suptitle(name):
+        return figs[name]._suptitle.get_text()
+
+    assert "incomplete: 23 of 24 runs" in suptitle("fig4_noisy_state_curves")
+    assert "incomplete: 26 of 27 runs" in suptitle("fig5_context_env_steps")
+    assert "incomplete" not in suptitle("fig3_pixels_curves")
+
+
+def test_colours_per_method_are_consistent_and_published_is_dashed(figs):
+    seen = {}
+    for name, fig in figs.items():
+        for ax in fig.axes:
+            for line in ax.get_lines():
+                label = line.get_label()
+                if label.startswith("_") or name == "fig5_context_by_length":
+                    continue
+                seen.setdefault(label, set()).add(matplotlib.colors.to_hex(line.get_color()))
+    assert all(len(c) == 1 for c in seen.values()), seen
+    assert seen["KalMamba"] == {figures.method_color("kalmamba")}
+    assert seen["DreamerV3 (published)"] == seen.get("DreamerV3", seen["DreamerV3 (published)"])
+    lines = {ln.get_label(): ln for ln in figs["fig3_pixels_curves"].axes[0].get_lines()}
+    assert lines["KalMamba"].get_linestyle() == "-" and lines["DreamerV3 (published)"].get_linestyle() == "--"
+    colours = [figures.method_color(m) for m in plan.METHOD_ORDER]
+    assert len(set(colours)) == len(colours)
+
+
+def test_update_step_figure_names_skipped_cases():
+    bench = {"machine": {"cpu": "test cpu", "gpu": "test gpu"}, "config": {},
+             "results": [{"method": m, "context_length": L, "batch_size": 4, "device": "cpu", "obs": "noisy_state",
+                          "forward_s": None if (m, L) == ("vrkn", 64) else 0.001 * L,
+                          "update_s": None if (m, L) == ("vrkn", 64) else 0.003 * L, "peak_mem_mb": None,
+                          "status": "skipped: out of memory" if (m, L) == ("vrkn", 64) else "ok"}
+                         for m in ("kalmamba", "vrkn") for L in (16, 32, 64)]}
+    fig = figures.update_step_figure(bench)
+    text = fig._suptitle.get_text()
+    assert "VRKN at 64" in text and "test cpu" in text and "test gpu" not in text
+    vrkn = [ln for ln in fig.axes[1].get_lines() if ln.get_label() == "VRKN"][0]
+    np.testing.assert_allclose(vrkn.get_xdata(), [16, 32])
+    np.testing.assert_allclose(vrkn.get_ydata(), [48, 96])
+    matplotlib.pyplot.close(fig)
+    with pytest.raises(ValueError, match="update_s"):
+        figures.update_step_figure({"results": [{"method": "kalmamba", "context_length": 8, "batch_size": 1,
+                                                 "device": "cpu", "forward_s": 1.0}]})
+
+
+def test_experiment_without_runs_gives_a_placeholder(study):
+    exp = plan.Experiment(name="pixels_extra", obs="pixels", tasks=("finger-spin",), methods=("kalmamba", "rssm"),
+                          context_lengths=(32,), seeds=(0,), kind="main")
+    figs = figures.experiment_figures(study["est"], exp, estimates.Settings())
+    assert set(figs) == set(exp.figures())
+    buf = io.BytesIO()
+    figs["pixels_extra_aggregate"].savefig(buf, format="png")
+    assert "no data" in figs["pixels_extra_aggregate"].axes[0].texts[0].get_text()
+    for f in figs.values():
+        matplotlib.pyplot.close(f)
+
+
+# ---------------------------------------------------------------- tables
+def test_tables_parse_and_hold_the_estimates(study):
+    pt = study["est"]["per_task"]
+    for exp in study["experiments"]:
+        md = (study["root"] / "tables" / f"final_{exp.name}.md").read_text().splitlines()
+        rows = [ln for ln in md if ln.startswith("|")]
+        header, body = rows[0], rows[2:]
+        assert re.fullmatch(r"\|(:?-+:?\|)+", rows[1])
+        n_methods = pt[pt["experiment"] == exp.name].groupby(["method", "context_length"]).ngroups
+        assert len(body) == n_methods
+        ncols = header.count("|") - 1
+        assert all(r.count("|") - 1 == ncols for r in body)
+        tex = (study["root"] / "tables" / f"final_{exp.name}.tex").read_text()
+        for cmd in (r"\toprule", r"\midrule", r"\bottomrule", r"\begin{tabular}", r"\end{table}"):
+            assert cmd in tex
+        assert tex.count(r"\\") == n_methods + 1
+    # a cell: KalMamba on walker-walk (pixels) = 1000 x per-task IQM [CI]
+    r = pt[(pt["experiment"] == "pixels") & (pt["method"] == "kalmamba") & (pt["task"] == "walker-walk")].iloc[0]
+    cell = f"{1000 * r.estimate:.0f} [{1000 * r.ci_low:.0f}, {1000 * r.ci_high:.0f}]"
+    md = (study["root"] / "tables" / "final_pixels.md").read_text()
+    assert f"| KalMamba | " in md and cell in md
+    assert "incomplete: 23 of 24 runs" in (study["root"] / "tables" / "final_noisy_state.md").read_text()
+
+
+# ---------------------------------------------------------------- plan
+def test_experiments_inferred_without_a_config(study):
+    runs = collect.read_runs(study["root"] / "runs.csv")
+    found = runs[runs["status"] != "missing"]
+    exps = {e.name: e for e in plan.infer_experiments(found)}
+    assert set(exps) == {"pixels", "noisy_state", "context"}
+    assert exps["context"].context_lengths == (32, 64, 128) and exps["context"].tasks == ("walker-walk",)
+    assert exps["pixels"].methods == ("kalmamba", "rssm", "sac", "kalmamba_no_mamba", "kalmamba_no_reg")
+    assert exps["noisy_state"].kind == "main" and exps["noisy_state"].context_lengths == (32,)
+    assert exps["context"].methods == ("kalmamba", "rssm", "vrkn")  # SAC ran at one context length only
+    # without a config the budget is what the runs stopped at (DONE), not the evaluation past it (12000)
+    scores = collect.read_scores(study["root"] / "scores.csv")
+    done = runs[runs["status"] == "complete"]
+    assert estimates.budget(scores[scores["obs"] == "pixels"], estimates.Settings(), done) == BUDGET
+
+
+def test_cli_rejects_bad_reps(study, capsys):
+    with pytest.raises(ValueError, match="reps"):
+        main(["estimates", "--results", str(study["root"]), "--reps", "0"])

@@ -1,0 +1,93 @@
+# DreamerV3 (issue 7): the official JAX implementation at a pinned commit, in its own environment, as method
+# `dreamerv3` of the study; and DreamerV3's published scores for the figures. Included by the Snakefile after
+# common.smk (RUN, RESULTS, LOGS, STUDY_RUNS, cli_flags) and before analysis.smk (which reads PUBLISHED_FILES).
+#
+# Study config (all optional; defaults below):
+#   dreamerv3:
+#     configs: {pixels: [dmc_vision], noisy_state: [dmc_proprio]}   # DreamerV3 config blocks per observation type
+#     flags: []                 # DreamerV3 flags after `--`, e.g. ["--run.envs", 4] (its elements.Flags)
+#     container: containers/dreamerv3.sif                           # image under --sdm apptainer
+#     published:
+#       files: [dmc_vision-dreamerv3.json.gz]   # DreamerV3's score files to overlay; [] for none
+#       local_dir: null         # a directory with copies of them; null: fetch them at the pinned URL
+#   resources: {dreamerv3: {cpus_per_task, mem_mb, runtime}}       # else resources.train
+import os
+
+from analysis.published import PINNED_BASE_URL
+
+DV3 = config.get("dreamerv3") or {}
+DV3_CONFIGS = DV3.get("configs") or {}
+DV3_RESOURCES = config["resources"].get("dreamerv3") or config["resources"]["train"]
+DV3_PUBLISHED = DV3.get("published") or {}
+# The run CLI's schedule keys that the DreamerV3 launcher shares (train: section of the study config).
+DV3_TRAIN_KEYS = ("env_steps", "wall_clock_hours", "eval_every", "eval_episodes", "checkpoint_every", "device")
+
+
+def dreamerv3_flags(wildcards):
+    """The launcher's flags from the study config: the schedule (`train:`), the config blocks of this
+    observation type, and DreamerV3's own flags after `--`."""
+    words = [cli_flags({k: v for k, v in config["train"].items() if k in DV3_TRAIN_KEYS})]
+    blocks = DV3_CONFIGS.get(wildcards.obs)
+    if blocks:
+        words.append("--configs " + " ".join(cli_value(b) for b in blocks))
+    if DV3.get("flags"):
+        words.append("-- " + " ".join(cli_value(f) for f in DV3["flags"]))
+    return " ".join(words)
+
+
+rule train_dreamerv3:
+    """One DreamerV3 run into the same run directory as every other method's (config.json, eval.csv, train.csv,
+    DONE): `python -m integrations.dreamerv3.launch` in DreamerV3's own environment (conda: workflow/envs/
+    dreamerv3.yaml; apptainer: containers/dreamerv3.def). Only DONE is declared, as in the train rule: an
+    interrupted run keeps DreamerV3's checkpoint (dreamerv3/ckpt) and resumes from it."""
+    output:
+        RUN + "/DONE",
+    log:
+        LOGS + "/runs/{obs}/{task}/{method}/ctx{ctx}/seed{seed}.log",
+    wildcard_constraints:
+        method="dreamerv3",
+    params:
+        run_dir=lambda wildcards, output: os.path.dirname(output[0]),
+        flags=dreamerv3_flags,
+        gpus=lambda wildcards, resources: resources.get("gpu", 0),
+    threads: DV3_RESOURCES["cpus_per_task"]
+    resources:
+        mem_mb=DV3_RESOURCES["mem_mb"],
+        runtime=DV3_RESOURCES["runtime"],
+    conda:
+        "../envs/dreamerv3.yaml"
+    container:
+        DV3.get("container", "containers/dreamerv3.sif")
+    shell:
+        "OMP_NUM_THREADS={threads} workflow/scripts/with-free-gpu.sh {params.gpus}"
+        " python -m integrations.dreamerv3.launch --task {wildcards.task} --obs {wildcards.obs}"
+        " --context-length {wildcards.ctx} --seed {wildcards.seed} --out {params.run_dir} {params.flags}"
+        " > {log} 2>&1"
+
+
+# DreamerV3's published score files: a local copy (dreamerv3.published.local_dir) or DreamerV3's repository at
+# the pinned commit through Snakemake's HTTP storage (needs snakemake-storage-plugin-http and a network).
+PUBLISHED_FILES = [f"{RESULTS}/published/{name}" for name in DV3_PUBLISHED.get("files", ["dmc_vision-dreamerv3.json.gz"])]
+
+
+def published_source(wildcards):
+    local = DV3_PUBLISHED.get("local_dir")
+    if local:
+        return os.path.join(local, wildcards.name)
+    return storage.http(PINNED_BASE_URL + wildcards.name)
+
+
+rule published_scores:
+    """One published score file, checked (known SHA-256 at the pinned commit, parseable) and copied into the
+    study's results, where `collect` reads it (`--published`)."""
+    input:
+        published_source,
+    output:
+        RESULTS + "/published/{name}",
+    wildcard_constraints:
+        name=r"[a-z0-9_]+-[A-Za-z0-9_.]+\.json\.gz",
+    log:
+        LOGS + "/published/{name}.log",
+    localrule: True
+    shell:
+        "python -m analysis.published {input} --out {output} > {log} 2>&1"

@@ -1,0 +1,105 @@
+"""Agent = a world model + SAC on its features (CoRAL's "SSM + SAC"); the same class serves every method.
+
+One training update on a batch of B sequences of length T (docs/architecture.md):
+1. world-model step: `loss(obs, prev_actions, rewards)` in train() mode (MC dropout on), Adam with the
+   model config's `lr` (and `adam_eps`, default 1e-8), global grad-norm clip `grad_clip`;
+2. features: `features(obs, prev_actions)` in eval() mode (MC dropout off), recomputed with the updated
+   model under no_grad, i.e. detached, unless `critic_grad` (plain SAC on pixels: the encoder is trained by
+   the critic loss, and its parameters sit in SAC's critic optimiser instead of a model optimiser);
+3. one SAC update on all B(T-1) transitions: s = feat[:, :-1], a = prev_actions[:, 1:], r = rewards[:, 1:],
+   s' = feat[:, 1:].
+A non-finite loss term or model gradient norm raises NonFiniteLossError naming it, before the model's
+optimiser step; SAC's losses are checked after its step (its update is one call), which is early enough
+for the training loop: it stops and never checkpoints the bad state.
+
+Acting runs the model's one-step `observe` from `initial_state()` in eval() mode; the acting state carries
+the model's state and the previous action.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss term became NaN or inf."""
+
+
+def check_finite(values: dict[str, float], where: str) -> None:
+    bad = {k: v for k, v in values.items() if not math.isfinite(v)}
+    if bad:
+        names = ", ".join(f"{k} = {v}" for k, v in bad.items())
+        raise NonFiniteLossError(f"non-finite {where} loss term(s): {names}")
+
+
+class Agent:
+    def __init__(self, world_model: nn.Module, sac: nn.Module, device: torch.device | str):
+        self.device = torch.device(device)
+        self.world_model = world_model.to(self.device)
+        self.sac = sac.to(self.device)
+        params = list(world_model.parameters())
+        self.model_opt = None
+        if params and not world_model.critic_grad:
+            cfg = world_model.cfg
+            self.model_opt = torch.optim.Adam(params, lr=cfg.lr, eps=getattr(cfg, "adam_eps", 1e-8))
+            self.grad_clip = cfg.grad_clip
+
+    def _to_device(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+        return tuple(batch[k].to(self.device, non_blocking=True) for k in ("obs", "prev_actions", "rewards"))
+
+    def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        """One world-model step and one SAC step on `batch` (obs, prev_actions, rewards of shape (B, T, ...)).
+        Returns the loss terms as floats: `model_loss`, `model_<term>`, `model_grad_norm`, `sac_<term>`."""
+        obs, prev_actions, rewards = self._to_device(batch)
+        wm, logs = self.world_model, {}
+        if self.model_opt is not None:
+            wm.train()
+            loss, terms = wm.loss(obs, prev_actions, rewards)
+            self.model_opt.zero_grad(set_to_none=True)
+            loss.backward()
+            grad_norm = nn.utils.clip_grad_norm_(wm.parameters(), self.grad_clip)
+            names = ["model_loss"] + [f"model_{k}" for k in terms] + ["model_grad_norm"]
+            values = torch.stack([loss.detach()] + [t.detach().float() for t in terms.values()] + [grad_norm])
+            logs = dict(zip(names, values.tolist()))
+            check_finite(logs, "world-model")
+            self.model_opt.step()
+
+        wm.eval()
+        with torch.set_grad_enabled(wm.critic_grad):
+            feat = wm.features(obs, prev_actions)
+        F, A = feat.shape[-1], prev_actions.shape[-1]
+        sac_logs = self.sac.update(feat[:, :-1].reshape(-1, F), prev_actions[:, 1:].reshape(-1, A),
+                                   rewards[:, 1:].reshape(-1), feat[:, 1:].reshape(-1, F))
+        sac_logs = {f"sac_{k}": v for k, v in sac_logs.items()}
+        check_finite(sac_logs, "SAC")
+        return {**logs, **sac_logs}
+
+    def initial_state(self) -> tuple[Any, Tensor]:
+        """Acting state before the first observation of an episode: (model state, previous action = 0)."""
+        return self.world_model.initial_state(1), torch.zeros(1, self.sac.action_dim, device=self.device)
+
+    @torch.no_grad()
+    def act(self, obs: np.ndarray, state: tuple[Any, Tensor], deterministic: bool) -> tuple[np.ndarray, tuple]:
+        """One online step: update the belief with `obs` and the previous action, then act.
+        Returns the action (A,) float32 in [-1, 1] and the new acting state."""
+        self.world_model.eval()
+        model_state, prev_action = state
+        obs_t = torch.as_tensor(obs, device=self.device).unsqueeze(0)
+        feat, model_state = self.world_model.observe(model_state, obs_t, prev_action)
+        action = self.sac.act(feat, deterministic)
+        return action[0].cpu().numpy(), (model_state, action)
+
+    def state_dict(self) -> dict[str, Any]:
+        """Weights and optimiser states (SAC's optimisers are inside its own state_dict)."""
+        return {"world_model": self.world_model.state_dict(), "sac": self.sac.state_dict(),
+                "model_opt": None if self.model_opt is None else self.model_opt.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.world_model.load_state_dict(state["world_model"])
+        self.sac.load_state_dict(state["sac"])
+        if self.model_opt is not None:
+            self.model_opt.load_state_dict(state["model_opt"])

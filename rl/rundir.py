@@ -1,0 +1,124 @@
+"""The run directory (docs/architecture.md, "Run directory contract"):
+
+    config.json    resolved RunConfig + provenance; a restart appends to "restarts"
+    eval.csv       env_step, wall_clock_s, return_mean, return_std, episodes
+    train.csv      env_step, wall_clock_s, updates, <loss terms>, train_return, fps
+    checkpoint.pt  everything needed to resume bit-for-bit
+    replay/        the replay episodes the checkpoint refers to (removed once DONE unless keep_replay)
+    DONE           JSON, written last: final_return, env_steps, wall_clock_s, reason
+
+Every file is written through rl/io.py (temp file in the same directory, fsync, rename). The CSVs are
+rewritten whole from rows held in the checkpoint, so after a restart they agree with the resumed state.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import shutil
+import socket
+import subprocess
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import torch
+
+from rl.io import atomic_save, atomic_to_csv, atomic_write_text
+
+EVAL_COLUMNS = ["env_step", "wall_clock_s", "return_mean", "return_std", "episodes"]
+PACKAGES = ("torch", "numpy", "dm_control", "mujoco", "pandas", "kalbench", "mamba_ssm")
+
+
+def git_commit(repo: Path = Path(__file__).resolve().parent.parent) -> dict[str, Any]:
+    """Commit of the code that runs, and whether tracked files differ from it."""
+    def git(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
+                                  timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+
+    commit = git("rev-parse", "HEAD")
+    status = git("status", "--porcelain", "--untracked-files=no")
+    return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
+
+
+def package_versions() -> dict[str, str | None]:
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def device_description(device: torch.device) -> str:
+    if device.type == "cuda":
+        return f"{device} ({torch.cuda.get_device_name(device)})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def provenance(device: torch.device, seed: int) -> dict[str, Any]:
+    return {**git_commit(), "packages": package_versions(), "device": device_description(device),
+            "hostname": socket.gethostname(), "start_time": now(), "seed": seed}
+
+
+def now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.config = self.path / "config.json"
+        self.eval_csv = self.path / "eval.csv"
+        self.train_csv = self.path / "train.csv"
+        self.checkpoint = self.path / "checkpoint.pt"
+        self.replay = self.path / "replay"
+        self.done = self.path / "DONE"
+
+    def is_done(self) -> bool:
+        return self.done.exists()
+
+    def read_done(self) -> dict[str, Any]:
+        return json.loads(self.done.read_text())
+
+    def has_checkpoint(self) -> bool:
+        return self.checkpoint.exists()
+
+    def read_config(self) -> dict[str, Any] | None:
+        return json.loads(self.config.read_text()) if self.config.exists() else None
+
+    def write_config(self, config: dict[str, Any], prov: dict[str, Any]) -> None:
+        atomic_write_text(self.config, json.dumps({**config, "provenance": prov, "restarts": []}, indent=2) + "\n")
+
+    def record_restart(self, prov: dict[str, Any]) -> None:
+        data = self.read_config()
+        data.setdefault("restarts", []).append(prov)
+        atomic_write_text(self.config, json.dumps(data, indent=2) + "\n")
+
+    def write_eval(self, rows: list[dict[str, Any]]) -> None:
+        atomic_to_csv(pd.DataFrame(rows, columns=EVAL_COLUMNS), self.eval_csv)
+
+    def write_train(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        columns = ["env_step", "wall_clock_s", "updates"]
+        for row in rows:  # loss terms in order of first appearance, then train_return and fps last
+            columns += [k for k in row if k not in columns and k not in ("train_return", "fps")]
+        atomic_to_csv(pd.DataFrame(rows, columns=columns + ["train_return", "fps"]), self.train_csv)
+
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        atomic_save(state, self.checkpoint)
+
+    def load_checkpoint(self) -> dict[str, Any]:
+        return torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+
+    def write_done(self, summary: dict[str, Any]) -> None:
+        atomic_write_text(self.done, json.dumps(summary, indent=2) + "\n")
+
+    def remove_replay(self) -> None:
+        shutil.rmtree(self.replay, ignore_errors=True)

@@ -1,0 +1,17 @@
+"""Test defaults: headless MuJoCo rendering through OSMesa (unless the caller chose a backend), one torch
+thread (the CI machine has 2 cores shared by several jobs), and reproducible global seeds."""
+import os
+
+os.environ.setdefault("MUJOCO_GL", "osmesa")
+os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+

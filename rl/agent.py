@@ -14,6 +14,11 @@ for the training loop: it stops and never checkpoints the bad state.
 
 Acting runs the model's one-step `observe` from `initial_state()` in eval() mode; the acting state carries
 the model's state and the previous action.
+
+Observation normalisation (CoRAL, digest §10): with `normalize_obs` (world models on state vectors), the world
+model sees (o - mean) / std, the statistics fitted once on the initial random-policy episodes
+(`fit_obs_normalizer`) and saved with the agent. Noise enters before it, inside the environment. Plain SAC
+and pixel inputs are not normalised.
 """
 from __future__ import annotations
 
@@ -36,9 +41,16 @@ def check_finite(values: dict[str, float], where: str) -> None:
         raise NonFiniteLossError(f"non-finite {where} loss term(s): {names}")
 
 
+OBS_STD_FLOOR = 1e-2   # a (nearly) constant state entry is centred, not blown up
+
+
 class Agent:
-    def __init__(self, world_model: nn.Module, sac: nn.Module, device: torch.device | str):
+    def __init__(self, world_model: nn.Module, sac: nn.Module, device: torch.device | str,
+                 normalize_obs: bool = False):
         self.device = torch.device(device)
+        self.normalize_obs = normalize_obs
+        self.obs_mean: Tensor | None = None   # (O,) set by fit_obs_normalizer
+        self.obs_std: Tensor | None = None
         self.world_model = world_model.to(self.device)
         self.sac = sac.to(self.device)
         params = list(world_model.parameters())
@@ -48,8 +60,25 @@ class Agent:
             self.model_opt = torch.optim.Adam(params, lr=cfg.lr, eps=getattr(cfg, "adam_eps", 1e-8))
             self.grad_clip = cfg.grad_clip
 
+    def fit_obs_normalizer(self, obs: np.ndarray) -> None:
+        """Fit the observation statistics on `obs` (N, O), all steps of the initial episodes."""
+        if not self.normalize_obs:
+            return
+        obs = torch.as_tensor(np.asarray(obs, np.float64))
+        if obs.ndim != 2 or len(obs) < 2:
+            raise ValueError(f"fit_obs_normalizer: need (N >= 2, O) state observations, got shape {tuple(obs.shape)}")
+        self.obs_mean = obs.mean(0).float().to(self.device)
+        self.obs_std = obs.std(0).clamp_min(OBS_STD_FLOOR).float().to(self.device)
+
+    def _normalize(self, obs: Tensor) -> Tensor:
+        if self.obs_mean is None:
+            return obs
+        return (obs - self.obs_mean) / self.obs_std
+
     def _to_device(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
-        return tuple(batch[k].to(self.device, non_blocking=True) for k in ("obs", "prev_actions", "rewards"))
+        obs, prev_actions, rewards = (batch[k].to(self.device, non_blocking=True)
+                                      for k in ("obs", "prev_actions", "rewards"))
+        return self._normalize(obs), prev_actions, rewards
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One world-model step and one SAC step on `batch` (obs, prev_actions, rewards of shape (B, T, ...)).
@@ -88,18 +117,21 @@ class Agent:
         Returns the action (A,) float32 in [-1, 1] and the new acting state."""
         self.world_model.eval()
         model_state, prev_action = state
-        obs_t = torch.as_tensor(obs, device=self.device).unsqueeze(0)
+        obs_t = self._normalize(torch.as_tensor(obs, device=self.device).unsqueeze(0))
         feat, model_state = self.world_model.observe(model_state, obs_t, prev_action)
         action = self.sac.act(feat, deterministic)
         return action[0].cpu().numpy(), (model_state, action)
 
     def state_dict(self) -> dict[str, Any]:
-        """Weights and optimiser states (SAC's optimisers are inside its own state_dict)."""
+        """Weights, optimiser states (SAC's optimisers are inside its own state_dict), observation statistics."""
         return {"world_model": self.world_model.state_dict(), "sac": self.sac.state_dict(),
-                "model_opt": None if self.model_opt is None else self.model_opt.state_dict()}
+                "model_opt": None if self.model_opt is None else self.model_opt.state_dict(),
+                "obs_norm": None if self.obs_mean is None else (self.obs_mean, self.obs_std)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.world_model.load_state_dict(state["world_model"])
         self.sac.load_state_dict(state["sac"])
         if self.model_opt is not None:
             self.model_opt.load_state_dict(state["model_opt"])
+        norm = state["obs_norm"]
+        self.obs_mean, self.obs_std = (None, None) if norm is None else (t.to(self.device) for t in norm)

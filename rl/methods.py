@@ -89,11 +89,13 @@ def make_model_config(method: str, overrides: dict[str, Any] | None = None) -> A
 
 def build_agent(method: str, obs_shape: tuple[int, ...], action_dim: int, model_cfg: Any, sac_cfg: Any,
                 device: torch.device | str):
-    """World model + SAC on its features, inside the shared Agent."""
+    """World model + SAC on its features, inside the shared Agent. World models on state vectors see normalised
+    observations (CoRAL); plain SAC does not (CoRAL's plain_sac.yml)."""
     from models.sac import SAC
     from rl.agent import Agent
 
     world_model = model_class(method)(tuple(obs_shape), action_dim, model_cfg)
     extra = list(world_model.parameters()) if world_model.critic_grad else []
     sac = SAC(world_model.feature_dim, action_dim, sac_cfg, extra_critic_params=extra)
-    return Agent(world_model, sac, device)
+    normalize_obs = len(obs_shape) == 1 and method != "sac"
+    return Agent(world_model, sac, device, normalize_obs=normalize_obs)

@@ -210,6 +210,8 @@ class Trainer:
             ep = self.run_episode(self.env, seed, "explore")
         self.replay.add_episode(ep["obs"], ep["actions"], ep["rewards"])
         self.episodes += 1
+        if self.episodes == cfg.initial_episodes:   # the random-policy data: observation statistics (CoRAL)
+            self.agent.fit_obs_normalizer(np.concatenate([e["obs"] for e in self.replay.episodes]))
         self.env_step += ep["env_steps"]
         self.last_agent_steps = len(ep["actions"])
         self.log_acc["returns"].append(ep["return"])

@@ -187,3 +187,49 @@ def test_state_dict_round_trip_continues_identically():
     assert la == lb
     for k, v in a.world_model.state_dict().items():
         assert torch.equal(v, b.world_model.state_dict()[k])
+
+
+def test_observation_normalisation_is_fitted_once_applied_everywhere_and_saved():
+    """CoRAL: world models on state vectors see (o - mean) / std with statistics of the initial data."""
+    model = LinearModel((OBS,), ACT, LinearConfig())
+    seen = []
+    loss, observe = model.loss, model.observe
+    model.loss = lambda obs, *a: (seen.append(obs.clone()), loss(obs, *a))[1]
+    model.observe = lambda state, obs_t, *a: (seen.append(obs_t.clone()), observe(state, obs_t, *a))[1]
+    agent = Agent(model, SAC(FEAT, ACT, SMALL_SAC), "cpu", normalize_obs=True)
+    rng = np.random.default_rng(0)
+    initial = rng.normal(3.0, [0.5, 1.0, 2.0, 4.0, 1e-6], size=(400, OBS))   # last entry (nearly) constant
+    agent.fit_obs_normalizer(initial)
+    mean, std = initial.mean(0), np.maximum(initial.std(0, ddof=1), 1e-2)
+    np.testing.assert_allclose(agent.obs_mean.numpy(), mean, rtol=1e-6)
+    np.testing.assert_allclose(agent.obs_std.numpy(), std, rtol=1e-6)
+
+    b = batch()
+    agent.update(b)
+    expected = (b["obs"] - torch.as_tensor(mean, dtype=torch.float32)) / torch.as_tensor(std, dtype=torch.float32)
+    torch.testing.assert_close(seen[-1], expected)
+    o = initial[0].astype(np.float32)
+    agent.act(o, agent.initial_state(), deterministic=True)
+    torch.testing.assert_close(seen[-1][0], (torch.as_tensor(o) - agent.obs_mean) / agent.obs_std)
+
+    other = Agent(LinearModel((OBS,), ACT, LinearConfig()), SAC(FEAT, ACT, SMALL_SAC), "cpu", normalize_obs=True)
+    other.load_state_dict(agent.state_dict())
+    torch.testing.assert_close(other.obs_std, agent.obs_std)
+
+    with pytest.raises(ValueError, match="shape"):
+        agent.fit_obs_normalizer(initial[0])
+
+
+def test_without_normalisation_fitting_changes_nothing():
+    agent = make_agent()
+    agent.fit_obs_normalizer(np.random.default_rng(0).normal(size=(50, OBS)))
+    assert agent.obs_mean is None and agent.state_dict()["obs_norm"] is None
+
+
+def test_only_world_models_on_state_vectors_normalise():
+    from rl.methods import build_agent, make_model_config
+    small = {"latent_dim": 4, "hidden_dim": 8, "mlp_hidden_dim": 8, "reward_hidden_dim": 8, "conv_depth": 4}
+    for method, shape, expected in [("vrkn", (OBS,), True), ("sac", (OBS,), False), ("vrkn", (3, 64, 64), False)]:
+        cfg = make_model_config(method, small if method == "vrkn" else {})
+        agent = build_agent(method, shape, ACT, cfg, SMALL_SAC, "cpu")
+        assert agent.normalize_obs is expected, (method, shape)

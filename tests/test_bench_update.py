@@ -1,0 +1,122 @@
+"""benchmarks/update_step.py: a --quick run writes the documented JSON (docs/architecture.md) that
+analysis/figures.py turns into Fig. 6; out-of-memory cases are skipped with every longer context; the CPU
+peak-memory subprocess sees the memory an update allocates; bad arguments are errors naming them."""
+import json
+import statistics
+
+import pytest
+
+from benchmarks import update_step as bench
+
+ROW_KEYS = {"method", "context_length", "batch_size", "device", "forward_s", "update_s", "peak_mem_mb"}
+
+
+def run_quick(tmp_path, *extra):
+    out = tmp_path / "bench.json"
+    rc = bench.main(["--quick", "--silent", "--device", "cpu", "--out", str(out), *extra])
+    assert rc == 0
+    return json.loads(out.read_text())
+
+
+def test_quick_run_writes_the_documented_json_and_fig6_reads_it(tmp_path, capsys):
+    data = run_quick(tmp_path, "--no-memory")
+    table = capsys.readouterr().out
+    assert {"machine", "config", "results", "summary"} <= set(data)
+    assert {"cpu", "cpu_count", "torch", "gpu", "hostname"} <= set(data["machine"])
+    cfg = data["config"]
+    assert cfg["context_lengths"] == bench.QUICK["context_lengths"] and cfg["batch_size"] == bench.QUICK["batch_size"]
+    rows = data["results"]
+    assert [(r["method"], r["context_length"]) for r in rows] == [(m, T) for m in bench.METHODS
+                                                                  for T in bench.QUICK["context_lengths"]]
+    for r in rows:
+        assert ROW_KEYS <= set(r) and r["status"] == "ok"
+        assert r["batch_size"] == bench.QUICK["batch_size"] and r["device"] == "cpu" and r["peak_mem_mb"] is None
+        assert len(r["forward_s_samples"]) == len(r["update_s_samples"]) == bench.QUICK["repeats"]
+        assert r["forward_s"] == statistics.median(r["forward_s_samples"]) > 0
+        assert r["update_s"] == statistics.median(r["update_s_samples"]) > 0
+        assert r["features_s"] > 0 and r["sac_s"] > 0
+        assert f"{1000 * r['update_s']:.1f}" in table
+    # the equal latent size: KalMamba and VRKN latent_dim, RSSM stochastic + deterministic
+    models = cfg["models"]
+    D = bench.QUICK["latent_dim"]
+    assert models["kalmamba"]["model"]["latent_dim"] == models["vrkn"]["model"]["latent_dim"] == D
+    assert models["rssm"]["model"]["stoch_dim"] + models["rssm"]["model"]["deter_dim"] == D
+    # summary ratios are the ratios of the medians
+    t = {(r["method"], r["context_length"]): r["update_s"] for r in rows}
+    T = str(bench.QUICK["context_lengths"][-1])
+    assert data["summary"]["update_ratio_kalmamba_over_rssm"][T] == pytest.approx(
+        t[("kalmamba", int(T))] / t[("rssm", int(T))])
+
+    # Fig. 6 reads the same JSON: one line per method in each panel, at the benchmark's context lengths
+    from analysis.figures import update_step_figure
+    import matplotlib.pyplot as plt
+
+    fig = update_step_figure(data)
+    forward_ax, update_ax = fig.axes[:2]
+    assert len(forward_ax.get_lines()) == len(update_ax.get_lines()) == len(bench.METHODS)
+    for line in update_ax.get_lines():
+        assert list(line.get_xdata()) == bench.QUICK["context_lengths"]
+    plt.close(fig)
+
+
+def test_set_overrides_one_method_s_model_config(tmp_path):
+    data = run_quick(tmp_path, "--no-memory", "--no-breakdown", "--methods", "kalmamba", "vrkn",
+                     "--set", "kalmamba.d_state=3", "--set", "vrkn.dropout=0.0", "--context-lengths", "3")
+    models = data["config"]["models"]
+    assert models["kalmamba"]["model"]["d_state"] == 3 and models["vrkn"]["model"]["dropout"] == 0.0
+    assert models["vrkn"]["model"]["hidden_dim"] == bench.QUICK_MODEL["vrkn"]["hidden_dim"]
+    assert data["config"]["set"] == {"kalmamba": {"d_state": 3}, "vrkn": {"dropout": 0.0}}
+
+
+def test_out_of_memory_case_is_skipped_with_longer_contexts(tmp_path, monkeypatch):
+    """(The CPU memory subprocess is replaced by a fake that reports OOM for RSSM at the shortest context.)"""
+    first = bench.QUICK["context_lengths"][0]
+
+    def fake_memory(spec):
+        if spec["method"] == "rssm" and spec["context_length"] == first:
+            return {"error": "out of memory"}
+        return {"peak_mem_mb": float(spec["context_length"])}
+
+    monkeypatch.setattr(bench, "memory_cpu_subprocess", fake_memory)
+    data = run_quick(tmp_path, "--methods", "kalmamba", "rssm", "--no-breakdown")
+    for r in data["results"]:
+        if r["method"] == "rssm":
+            assert r["status"].startswith("skipped: out of memory")
+            assert r["forward_s"] is None and r["update_s"] is None and r["peak_mem_mb"] is None
+        else:
+            assert r["status"] == "ok" and r["peak_mem_mb"] == float(r["context_length"]) and r["update_s"] > 0
+            assert r["features_s"] is None
+    assert "update_ratio_kalmamba_over_rssm" not in data["summary"]
+    from analysis.figures import update_step_figure
+    import matplotlib.pyplot as plt
+
+    fig = update_step_figure(data)
+    assert len(fig.axes[1].get_lines()) == 1
+    plt.close(fig)
+
+
+def test_cpu_memory_subprocess_sees_the_activations_of_an_update():
+    """Pixels, B=4, T=64: the decoder's output alone is 4·64·3·64·64 floats = 12.6 MB (the length-2 warm-up
+    update needs 1/32 of that), so the growth of the peak RSS over the measured update must exceed 10 MB."""
+    spec = {"method": "vrkn", "context_length": 64, "batch_size": 4, "obs_shape": [3, 64, 64], "action_dim": 2,
+            "latent_dim": 8, "quick": True, "seed": 0, "mem_limit_bytes": None}
+    out = bench.memory_cpu_subprocess(spec)
+    assert "error" not in out, out
+    assert 10.0 < out["peak_mem_mb"] < 4000.0
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["--context-lengths", "1", "4"], "--context-lengths"),
+    (["--context-lengths", "4", "4"], "--context-lengths"),
+    (["--methods", "kalmamba", "dreamer"], "--methods"),
+    (["--batch-size", "0"], "--batch-size"),
+    (["--mem-limit-gb", "-1"], "--mem-limit-gb"),
+    (["--set", "kalmamba.no_such_field=3"], "no_such_field"),
+    (["--set", "kalmamba.d_state"], "--set"),
+    (["--methods", "rssm", "--set", "vrkn.hidden_dim=8"], "--set"),
+])
+def test_bad_arguments_are_errors_naming_them(tmp_path, capsys, argv, name):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--quick", "--silent", "--no-memory", "--out", str(out), *argv]) == 2
+    assert name in capsys.readouterr().err
+    assert not out.exists()

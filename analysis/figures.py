@@ -167,6 +167,8 @@ def aggregate_figure(aggregate: pd.DataFrame, methods: list[str], title: str, no
                 ax.barh(i, r["ci_high"] - r["ci_low"], left=r["ci_low"], height=0.65, color=method_color(m),
                         alpha=0.8, hatch="///" if m.endswith(PUBLISHED_SUFFIX) else None, edgecolor="white", lw=0)
                 ax.vlines(r["estimate"], i - 0.36, i + 0.36, color="black", lw=1.0, clip_on=False)
+            ax.use_sticky_edges = False   # bars stick to their left end otherwise: the lowest CI would touch the frame
+            ax.margins(x=0.05)
             ax.set_title(metric)
             ax.set_yticks(range(n), [display_name(m) for m in methods])
             ax.set_ylim(n - 0.5, -0.5)

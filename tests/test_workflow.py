@@ -1,0 +1,525 @@
+"""The Snakemake workflow: the study configs and their schema, the DAG of the default and paper studies (dry runs),
+the run CLI the train rule calls, failure reporting, resuming an interrupted study, and (slow) the default study
+end to end with its report.
+
+Snakemake runs in a subprocess, as a user runs it; real runs go to a temporary working directory
+(`snakemake -s <repo>/Snakefile --directory <tmp>`), never into the repository's results/.
+"""
+from __future__ import annotations
+
+import ast
+import copy
+import dataclasses
+import os
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import time
+import typing
+from pathlib import Path
+
+import pytest
+import yaml
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "config" / "schema.yaml"
+SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
+RUN_FIELDS_FROM_GRID = {"method", "task", "obs", "out", "context_length", "seed", "model", "sac"}
+
+
+def load_config(name: str) -> dict:
+    return yaml.safe_load((ROOT / "config" / f"{name}.yaml").read_text())
+
+
+def snakemake(*args: str, cwd: Path = ROOT, timeout: float = 300, **kw) -> subprocess.CompletedProcess:
+    """`snakemake ARGS` as a user types it (from `cwd`), stdout and stderr together."""
+    env = {**os.environ, "MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa", "OMP_NUM_THREADS": "1"}
+    return subprocess.run([SNAKEMAKE, *args], cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout, **kw)
+
+
+def job_stats(output: str) -> dict[str, int]:
+    """The 'Job stats' table Snakemake prints: {rule: count} (without the total)."""
+    lines = output[output.index("Job stats:"):].splitlines()[3:]
+    stats = {}
+    for line in lines:
+        parts = line.split()
+        if len(parts) != 2 or not parts[1].isdigit():
+            break
+        stats[parts[0]] = int(parts[1])
+    stats.pop("total")
+    return stats
+
+
+def write_study(path: Path, cfg: dict) -> Path:
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return path
+
+
+def tiny_study(name: str, runs: list[tuple[str, int]], **train) -> dict:
+    """A study of noisy-state walker-walk runs [(method, seed)] at context 4 with tiny models and budgets."""
+    methods = sorted({m for m, _ in runs})
+    return {
+        "study": name,
+        "seeds": sorted({s for _, s in runs}),
+        "main_context_length": 4,
+        "experiments": {"noisy_state": {"obs": "noisy_state", "tasks": ["walker-walk"], "methods": methods,
+                                        "context_lengths": [4]}},
+        "train": {"env_steps": 3000, "wall_clock_hours": 1, "eval_every": 1000, "eval_episodes": 1,
+                  "checkpoint_every": 1000, "batch_size": 4, "initial_episodes": 1, "updates_per_step": 0.05,
+                  "log_every": 1000, **train},
+        "model": {"rssm": {"stoch_dim": 4, "deter_dim": 8, "hidden_dim": 16, "mlp_hidden_dim": 16,
+                           "reward_hidden_dim": 16}},
+        "sac": {"hidden_dim": 16, "n_layers": 1},
+        "analysis": {"bootstrap_reps": 10, "seed": 0},
+        "resources": {"train": {"cpus_per_task": 1, "mem_mb": 1000, "runtime": 10},
+                      "bench": {"cpus_per_task": 1, "mem_mb": 1000, "runtime": 10}},
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the schema
+
+@pytest.mark.parametrize("name", ["default", "paper"])
+def test_study_configs_are_valid(name):
+    cfg = load_config(name)
+    validate(cfg, str(SCHEMA))
+    assert cfg["container"] == "containers/kalbench.sif"   # the schema's default, filled in
+
+
+def _set(cfg: dict, path: str, value) -> None:
+    *parents, last = path.split(".")
+    for p in parents:
+        cfg = cfg[p]
+    cfg[last] = value
+
+
+def _del(cfg: dict, path: str) -> None:
+    *parents, last = path.split(".")
+    for p in parents:
+        cfg = cfg[p]
+    del cfg[last]
+
+
+BAD_CONFIGS = {
+    # name: (change to config/default.yaml, words the message must contain)
+    "unknown top-level key": (lambda c: _set(c, "seed", [0]), ["'seed' was unexpected"]),
+    "misspelt train field": (lambda c: _set(c, "train.env_step", 10), ["train", "'env_step' was unexpected"]),
+    "unknown method": (lambda c: c["experiments"]["pixels"]["methods"].append("kalmanba"),
+                       ["experiments.pixels.methods[6]", "'kalmanba' is not one of"]),
+    "unknown observation type": (lambda c: _set(c, "experiments.pixels.obs", "pixel"),
+                                 ["experiments.pixels.obs", "'pixel' is not one of"]),
+    "task not domain-task": (lambda c: _set(c, "experiments.noisy_state.tasks", ["walker_walk"]),
+                             ["experiments.noisy_state.tasks[0]", "'walker_walk' does not match"]),
+    "negative budget": (lambda c: _set(c, "train.env_steps", -5), ["train.env_steps", "-5 is less than"]),
+    "context length 1": (lambda c: _set(c, "experiments.context.context_lengths", [1, 16]),
+                         ["experiments.context.context_lengths[0]", "1 is less than the minimum of 2"]),
+    "seeds not a list": (lambda c: _set(c, "seeds", "0,1,2"), ["seeds", "'0,1,2' is not of type 'array'"]),
+    "duplicate seeds": (lambda c: _set(c, "seeds", [0, 0]), ["seeds", "non-unique"]),
+    "unknown model field": (lambda c: _set(c, "model.kalmamba.latent_size", 8),
+                            ["model.kalmamba", "'latent_size' was unexpected"]),
+    "model field of wrong type": (lambda c: _set(c, "model.rssm.deter_dim", "big"),
+                                  ["model.rssm.deter_dim", "'big' is not of type 'integer'"]),
+    "missing budget": (lambda c: _del(c, "train.env_steps"), ["train", "'env_steps' is a required property"]),
+    "memory as text": (lambda c: _set(c, "resources.train.mem_mb", "2G"),
+                       ["resources.train.mem_mb", "'2G' is not of type 'integer'"]),
+    "bad device": (lambda c: _set(c, "train.device", "gpu"), ["train.device", "'gpu' does not match"]),
+    "benchmark method without a world model": (lambda c: _set(c, "benchmark.methods", ["sac"]),
+                                               ["benchmark.methods[0]", "'sac' is not one of"]),
+}
+
+
+def _validation_message(cfg: dict) -> str:
+    """The message the Snakefile gives for `cfg` (validate_study_config): '<where>: <jsonschema message>'."""
+    with pytest.raises(WorkflowError) as err:
+        validate(cfg, str(SCHEMA))
+    cause = err.value.__context__
+    where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in cause.absolute_path).lstrip(".")
+    return f"{where}: {cause.message}"
+
+
+@pytest.mark.parametrize("case", list(BAD_CONFIGS))
+def test_schema_rejects_bad_config_naming_it(case):
+    change, words = BAD_CONFIGS[case]
+    cfg = load_config("default")
+    change(cfg)
+    message = _validation_message(cfg)
+    for w in words:
+        assert w in message, f"{case}: {w!r} not in {message!r}"
+
+
+def test_bad_config_stops_snakemake_before_any_job(tmp_path):
+    cfg = load_config("default")
+    cfg["train"]["eval_episode"] = 3
+    bad = write_study(tmp_path / "bad.yaml", cfg)
+    out = snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(bad),
+                    "--cores", "1")
+    assert out.returncode != 0
+    assert f"Invalid study config ({bad}): train: Additional properties are not allowed ('eval_episode' was " \
+           "unexpected)" in out.stdout, out.stdout
+    assert not (tmp_path / "results").exists()   # no job ran
+
+
+def _schema_type_ok(prop: dict, tp) -> bool:
+    """Does the schema entry `prop` describe the Python annotation `tp`?"""
+    if "enum" in prop:
+        return tp is str and all(isinstance(v, str) for v in prop["enum"])
+    types = prop["type"] if isinstance(prop["type"], list) else [prop["type"]]
+    expected = {int: ["integer"], float: ["number"], bool: ["boolean"], str: ["string"],
+                float | None: ["number", "null"], typing.Optional[float]: ["number", "null"]}
+    return sorted(types) == sorted(expected[tp])
+
+
+def test_schema_lists_exactly_the_config_dataclass_fields():
+    from models.kalmamba import KalMambaConfig
+    from models.passthrough import PassthroughConfig
+    from models.rssm import RSSMConfig
+    from models.sac import SACConfig
+    from models.vrkn import VRKNConfig
+    from rl.config import RunConfig
+
+    defs = yaml.safe_load(SCHEMA.read_text())["$defs"]
+    for key, cls, skip in [("train", RunConfig, RUN_FIELDS_FROM_GRID), ("kalmamba", KalMambaConfig, set()),
+                           ("rssm", RSSMConfig, set()), ("vrkn", VRKNConfig, set()),
+                           ("passthrough", PassthroughConfig, set()), ("sac", SACConfig, set())]:
+        hints = typing.get_type_hints(cls)
+        fields = {f.name for f in dataclasses.fields(cls)} - skip
+        props = defs[key]["properties"]
+        assert set(props) == fields, f"schema $defs.{key} vs {cls.__name__}: {set(props) ^ fields}"
+        for name in fields:
+            assert _schema_type_ok(props[name], hints[name]), f"{key}.{name}: {props[name]} vs {hints[name]}"
+
+
+def _smk_literal(name: str):
+    """The value of a literal assignment `NAME = ...` in workflow/rules/common.smk."""
+    tree = ast.parse((ROOT / "workflow/rules/common.smk").read_text().split("\nwildcard_constraints:")[0])
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == name:
+            return ast.literal_eval(node.value)
+    raise KeyError(name)
+
+
+def test_workflow_method_tables_match_rl_methods():
+    from rl import methods
+
+    schema = yaml.safe_load(SCHEMA.read_text())
+    assert _smk_literal("ALL_METHODS") == list(methods.ALL_METHODS)
+    assert schema["$defs"]["experiment"]["properties"]["methods"]["items"]["enum"] == list(methods.ALL_METHODS)
+    assert _smk_literal("MODEL_FAMILY") == {m: methods.model_family(m) for m in methods.METHODS}
+    assert _smk_literal("ABLATED_FIELD") == {m: k for m in methods.METHODS for k in methods.ablation_switch(m)}
+    assert set(schema["properties"]["model"]["properties"]) == {methods.model_family(m) for m in methods.METHODS}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# dry runs: the DAG of the two studies
+
+def dry_run(*args: str) -> str:
+    out = snakemake("-n", "--forceall", "--nolock", "--cores", "2", "-p", *args)
+    assert out.returncode == 0, out.stdout[-3000:]
+    return out.stdout
+
+
+@pytest.fixture(scope="module")
+def default_dry_run() -> str:
+    return dry_run("--configfile", "config/default.yaml")
+
+
+def expected_train_jobs(cfg: dict) -> int:
+    """Runs of the study (not DreamerV3's), counted independently of the workflow: the union of the grids."""
+    runs = {(g["obs"], t, m, c, s) for g in cfg["experiments"].values() for t in g["tasks"] for m in g["methods"]
+            for c in g["context_lengths"] for s in g.get("seeds", cfg["seeds"]) if m != "dreamerv3"}
+    return len(runs)
+
+
+def test_default_study_dry_run_job_counts(default_dry_run):
+    cfg = load_config("default")
+    # 6 pixel methods + 4 noisy-state methods at context 16, 3 more at context 32, each with 3 seeds
+    assert expected_train_jobs(cfg) == (6 + 4 + 3) * 3
+    assert job_stats(default_dry_run) == {"train": 39, "bench": 1, "bench_kalman": 1, "study_config": 1,
+                                          "collect": 1, "estimates": 1, "figures": 1, "tables": 1, "all": 1}
+
+
+def test_default_study_covers_every_part_of_the_pipeline():
+    cfg = load_config("default")
+    grids = cfg["experiments"].values()
+    assert any(g["obs"] == "pixels" for g in grids) and any(g["obs"] == "noisy_state" for g in grids)
+    methods = {m for g in grids for m in g["methods"]}
+    assert {"kalmamba", "kalmamba_no_mamba", "kalmamba_no_dropout", "kalmamba_no_reg", "rssm", "vrkn",
+            "sac"} <= methods
+    assert len(cfg["seeds"]) >= 3
+    assert len({c for g in grids for c in g["context_lengths"]}) >= 2
+    assert "benchmark" in cfg and "kalman_benchmark" in cfg
+
+
+def test_paper_study_dry_run_job_counts(tmp_path):
+    cfg = load_config("paper")
+    # Fig. 3: 4 pixel tasks x 6 methods + DreamerV3; Fig. 4: 4 noisy tasks x 4 methods; Fig. 5: 3 methods x 3 more
+    # context lengths on noisy walker-walk; 5 seeds each
+    assert expected_train_jobs(cfg) == (4 * 6 + 4 * 4 + 3 * 3) * 5 == 245
+    # DreamerV3's published scores from a local copy (offline; the study fetches them at the pinned URL)
+    (tmp_path / "dmc_vision-dreamerv3.json.gz").write_bytes(b"")
+    local = '{"published": {"local_dir": "%s"}}' % tmp_path
+    stats = job_stats(dry_run("--configfile", "config/paper.yaml", "--config", f"dreamerv3={local}"))
+    assert stats.pop("train") == 245
+    assert stats.pop("train_dreamerv3") == 4 * 5
+    assert stats == {"bench": 1, "bench_kalman": 1, "published_scores": 1, "study_config": 1, "collect": 1,
+                     "estimates": 1, "figures": 1, "tables": 1, "all": 1}
+
+
+def test_paper_study_matches_the_paper():
+    cfg = load_config("paper")
+    ex = cfg["experiments"]
+    tasks = ["cartpole-swingup", "walker-walk", "walker-run", "quadruped-walk"]
+    assert ex["pixels"]["tasks"] == tasks and ex["noisy_state"]["tasks"] == tasks
+    assert set(ex["pixels"]["methods"]) == {"kalmamba", "kalmamba_no_mamba", "kalmamba_no_dropout",
+                                            "kalmamba_no_reg", "rssm", "vrkn", "dreamerv3"}
+    assert set(ex["noisy_state"]["methods"]) == {"kalmamba", "rssm", "vrkn", "sac"}
+    assert ex["context"] == {"obs": "noisy_state", "tasks": ["walker-walk"], "methods": ["kalmamba", "rssm", "vrkn"],
+                             "context_lengths": [32, 64, 128, 256]}
+    assert len(cfg["seeds"]) >= 5
+    assert cfg["train"]["env_steps"] == 1_000_000 and cfg["train"]["wall_clock_hours"] == 24
+
+
+def _commands(dry_run_output: str, module: str) -> list[list[str]]:
+    """The argument lists after `python -m MODULE` of every job's shell command (up to the log redirection)."""
+    cmds = []
+    for line in dry_run_output.splitlines():
+        if f"python -m {module} " in line:
+            words = shlex.split(line.split(f"python -m {module} ", 1)[1].split(" > ")[0])
+            cmds.append(words)
+    return cmds
+
+
+def test_train_commands_carry_every_study_setting(default_dry_run):
+    """Each train job's command line parses with the run CLI itself, and the resolved run config holds every value
+    of the study's train:, model: and sac: sections (ablations keep their own switch)."""
+    from rl import methods
+    from rl.config import parse_args
+
+    cfg = load_config("default")
+    cmds = _commands(default_dry_run, "rl.train")
+    assert len(cmds) == 39
+    seen = set()
+    for argv in cmds:
+        run = parse_args(argv)
+        seen.add((run.obs, run.task, run.method, run.context_length, run.seed))
+        assert run.out == f"results/default/runs/{run.obs}/{run.task}/{run.method}/ctx{run.context_length}/seed{run.seed}"
+        for k, v in cfg["train"].items():
+            assert getattr(run, k) == v, (k, argv)
+        model = dataclasses.asdict(run.model_config())
+        for k, v in cfg.get("model", {}).get(methods.model_family(run.method), {}).items():
+            assert model[k] == (methods.ablation_switch(run.method).get(k, v)), (run.method, k)
+        for k, v in methods.ablation_switch(run.method).items():
+            assert model[k] == v
+        sac = dataclasses.asdict(run.sac_config())
+        for k, v in cfg.get("sac", {}).items():
+            assert sac[k] == v
+    from analysis.plan import expected_runs
+
+    assert seen == expected_runs(cfg)
+
+
+def test_bench_command_parses_with_the_benchmark_cli(default_dry_run):
+    from benchmarks.update_step import parse_args
+
+    (argv,) = _commands(default_dry_run, "benchmarks.update_step")
+    args = parse_args(argv)
+    bench = load_config("default")["benchmark"]
+    for k, v in bench.items():
+        assert getattr(args, k) == v, k
+    assert args.device == "auto"            # the schema's default: the job's GPU where it has one
+    assert args.out == "results/default/bench/update_step.json"
+
+
+def test_kalman_bench_command_parses_with_its_cli(default_dry_run):
+    from benchmarks.kalman_scan import parse_args
+
+    (argv,) = _commands(default_dry_run, "benchmarks.kalman_scan")
+    args = parse_args(argv)
+    for k, v in load_config("default")["kalman_benchmark"].items():
+        assert getattr(args, k) == v, k
+    assert args.out == "results/default/bench/kalman_scan.json"
+
+
+def test_all_ends_in_the_planned_figures_and_tables(default_dry_run):
+    from analysis.plan import expected_figures, expected_tables
+
+    cfg = load_config("default")
+    all_inputs = re.search(r"rule all:\n\s+input: (.*)\n", default_dry_run).group(1).split(", ")
+    expected = ([f"results/default/figures/{f}.{e}" for f in expected_figures(cfg) for e in ("pdf", "png")]
+                + [f"results/default/tables/{t}.{e}" for t in expected_tables(cfg) for e in ("md", "tex")]
+                + ["results/default/bench/kalman_scan.json"])
+    assert sorted(all_inputs) == sorted(expected)
+    assert "fig6_update_step" in expected_figures(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# real (tiny) runs in a temporary working directory
+
+def run_study(tmp_path: Path, cfg: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    study = write_study(tmp_path / f"{cfg['study']}.yaml", cfg)
+    return snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(study),
+                     *args, timeout=timeout)
+
+
+def test_failing_run_is_reported_with_its_log(tmp_path):
+    """A run the run CLI refuses (context 600 > the 501 steps of a walker episode) fails; Snakemake names the
+    run's log, and the log says why."""
+    cfg = tiny_study("failing", [("rssm", 0)])
+    cfg["experiments"]["noisy_state"]["context_lengths"] = [600]
+    cfg["main_context_length"] = 600
+    out = run_study(tmp_path, cfg, "--cores", "1", "results/failing/runs/noisy_state/walker-walk/rssm/ctx600/seed0/DONE")
+    assert out.returncode != 0
+    log = "results/failing/logs/runs/noisy_state/walker-walk/rssm/ctx600/seed0.log"
+    assert log in out.stdout, out.stdout[-3000:]
+    assert "--context-length: 600 exceeds the 501 steps of an episode" in (tmp_path / log).read_text()
+
+
+def test_dreamerv3_without_its_environment_stops_before_any_job(tmp_path):
+    """Here DreamerV3 is not importable and no container or conda env is deployed: the study stops at its start,
+    saying how to get DreamerV3's environment, before any job (not even the other methods' runs) starts."""
+    cfg = tiny_study("dv3", [("rssm", 0), ("dreamerv3", 0)])
+    env = {k: v for k, v in os.environ.items() if k != "KALBENCH_DREAMERV3_SRC"}
+    study = write_study(tmp_path / "dv3.yaml", cfg)
+    out = subprocess.run([SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile",
+                          str(study), "--cores", "1", "--config", 'dreamerv3={"published": {"files": []}}'],
+                         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert out.returncode != 0
+    assert "The study has method 'dreamerv3', but this installation cannot run it" in out.stdout, out.stdout[-3000:]
+    assert "--sdm apptainer" in out.stdout and "KALBENCH_DREAMERV3_SRC" in out.stdout
+    assert not (tmp_path / "results").exists()
+
+
+FAKE_APPTAINER = """#!/bin/bash
+# A stand-in for apptainer (not installable here): logs its arguments, then runs the command that follows the
+# image with the Python environment of the tests first on PATH, as the image would provide it.
+[ "$1" = "--version" ] && { echo "apptainer version 1.3.4"; exit 0; }
+echo "$@" >> "$FAKE_APPTAINER_LOG"
+shift
+while [ $# -gt 0 ]; do case "$1" in *.sif) shift; break;; *) shift;; esac; done
+export PATH="$FAKE_IMAGE_BIN:$PATH"
+exec "$@"
+"""
+
+
+def test_sdm_apptainer_runs_jobs_in_the_image_with_the_gpu(tmp_path):
+    """`--sdm apptainer` with a profile: each shell job runs as `apptainer exec ... --nv <repo>/containers/kalbench.sif
+    bash -c '<job>'`, and the job relies on the image's Python (no host PATH) and EGL rendering."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "apptainer").write_text(FAKE_APPTAINER)
+    (bin_dir / "apptainer").chmod(0o755)
+    cfg = tiny_study("sif", [("rssm", 0)])
+    cfg["kalman_benchmark"] = {"quick": True, "dynamax": False, "repeats": 1}
+    study = write_study(tmp_path / "sif.yaml", cfg)
+    calls = tmp_path / "calls.txt"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_APPTAINER_LOG": str(calls),
+           "FAKE_IMAGE_BIN": str(Path(sys.executable).parent), "OMP_NUM_THREADS": "1"}
+    env.pop("MUJOCO_GL", None)
+    out = subprocess.run([SNAKEMAKE, "--profile", "workflow/profiles/local", "--cores", "1", "--directory",
+                          str(tmp_path), "--configfile", str(study), "--sdm", "apptainer", "--",
+                          "results/sif/bench/kalman_scan.json"], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:]
+    (call,) = calls.read_text().splitlines()
+    before, job = call.split(f" {ROOT}/containers/kalbench.sif bash -c ", 1)
+    assert before.startswith(f"exec --home {tmp_path} --nv")
+    assert "export PATH=" not in job                      # the image's environment, not the host's venv
+    assert "with-free-gpu.sh 1 python -m benchmarks.kalman_scan --repeats 1 --quick --no-dynamax" in job  # a GPU
+    assert (tmp_path / "results/sif/bench/kalman_scan.json").is_file()
+
+
+def test_a_run_directory_has_one_writer(tmp_path):
+    """workflow/scripts/exclusive.sh: while one process holds a run directory, a second one fails at once."""
+    script = ROOT / "workflow" / "scripts" / "exclusive.sh"
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen([str(script), str(run_dir), "sleep", "30"])
+    try:
+        deadline = time.monotonic() + 10
+        while not (run_dir / ".lock").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
+        second = subprocess.run([str(script), str(run_dir), "echo", "trained"], capture_output=True, text=True)
+        assert second.returncode == 75
+        assert f"another process is already writing {run_dir}" in second.stderr
+        assert "trained" not in second.stdout
+    finally:
+        holder.kill()
+        holder.wait()
+    third = subprocess.run([str(script), str(run_dir), "echo", "trained"], capture_output=True, text=True)
+    assert third.returncode == 0 and third.stdout == "trained\n"
+
+
+@pytest.mark.slow
+def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path):
+    """Two runs, one at a time. Interrupt Snakemake (SIGINT, as Ctrl-C) while the second run trains, after its
+    first checkpoint; run it again: the first run is not redone, the second resumes from its checkpoint."""
+    cfg = tiny_study("resume", [("rssm", 0), ("rssm", 1)], env_steps=4000)
+    runs = tmp_path / "results/resume/runs/noisy_state/walker-walk/rssm/ctx4"
+    targets = [str(runs.relative_to(tmp_path) / f"seed{s}/DONE") for s in (0, 1)]
+    study = write_study(tmp_path / "resume.yaml", cfg)
+    env = {**os.environ, "MUJOCO_GL": "osmesa", "OMP_NUM_THREADS": "1"}
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(study),
+           "--cores", "1", *targets]
+    # its own session: SIGINT to the whole process group, as Ctrl-C in a terminal sends it to snakemake and its jobs
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        first, second = sorted(runs.glob("seed*/DONE")), None
+        while time.monotonic() < deadline:
+            done = sorted(runs.glob("seed*/DONE"))
+            started = [p for p in runs.glob("seed*/checkpoint.pt") if not (p.parent / "DONE").exists()]
+            if len(done) == 1 and started:
+                first, second = done[0].parent, started[0].parent
+                break
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.5)
+        assert second is not None, "the second run never checkpointed"
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert not (second / "DONE").exists() and (second / "checkpoint.pt").exists()
+    log = tmp_path / f"results/resume/logs/runs/noisy_state/walker-walk/rssm/ctx4/{second.name}.log"
+    assert "stopped by SIGINT: checkpoint written at env step" in log.read_text()
+    first_done = (first / "DONE").stat().st_mtime_ns
+
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert (first / "DONE").stat().st_mtime_ns == first_done          # not redone
+    assert "1 of 1 steps (100%) done" in out.stdout                   # only the interrupted run ran
+    assert re.search(r"resuming .* at env step [1-9]\d*", log.read_text()), log.read_text()[-2000:]
+    assert (second / "DONE").exists()
+
+
+@pytest.mark.slow
+def test_default_study(tmp_path):
+    """The README's main command on the default study, in a fresh working directory: every figure and table, then
+    the HTML report with the figures and the run table."""
+    from analysis.plan import expected_outputs
+
+    cfg = load_config("default")
+    start = time.monotonic()
+    out = snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile",
+                    str(ROOT / "config/default.yaml"), "--cores", "2", timeout=3 * 3600)
+    minutes = (time.monotonic() - start) / 60
+    assert out.returncode == 0, out.stdout[-5000:]
+    results = tmp_path / "results" / "default"
+    missing = [f for f in expected_outputs(cfg) if not (results / f).is_file()]
+    assert not missing, missing
+    assert len(list((results / "runs").glob("*/*/*/ctx*/seed*/DONE"))) == 39
+    print(f"default study: {minutes:.1f} min")
+
+    report = tmp_path / "report.html"
+    out = snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile",
+                    str(ROOT / "config/default.yaml"), "--report", str(report))
+    assert out.returncode == 0, out.stdout[-3000:]
+    html = report.read_text()
+    for name in ("fig3_pixels_aggregate.png", "fig6_update_step.png", "runs.csv", "study.yaml"):
+        assert name in html, name

@@ -265,7 +265,12 @@ class Trainer:
             raise ConfigMismatch(f"{self.rundir.path} holds a run with a different config ({diff}); "
                              "use another --out or delete that directory")
         self.agent.load_state_dict(state["agent"])
-        self.replay.load(self.rundir.replay, state["replay_episodes"])
+        try:
+            self.replay.load(self.rundir.replay, state["replay_episodes"])
+        except FileNotFoundError:
+            # A finished run deletes its replay after DONE; rerun with DONE removed, it has nothing left to train.
+            if state["counters"]["env_step"] < self.cfg.env_steps:
+                raise
         rng = state["rng"]
         random.setstate(rng["python"])
         np.random.set_state(rng["numpy"])

@@ -309,6 +309,11 @@ def test_non_finite_loss_names_the_term_and_keeps_the_last_good_checkpoint(tmp_p
     # the good checkpoint resumes (the injected fault is gone)
     monkeypatch.setattr(KalMamba, "loss", original)
     assert main(args) == 0 and json.loads((out / "DONE").read_text())["env_steps"] == 120
+    # DONE removed (snakemake --rerun-incomplete / --forcerun): the finished run, whose replay is gone, rewrites DONE
+    before = read_eval(out)
+    (out / "DONE").unlink()
+    assert main(args) == 0 and json.loads((out / "DONE").read_text())["env_steps"] == 120
+    pd.testing.assert_frame_equal(read_eval(out), before)
     # a restart with another config into the same directory is refused, naming the field
     (out / "DONE").unlink()
     assert main(argv("kalmamba", "noisy_state", out, env_steps=120, checkpoint_every=40, seed=1)) == 2

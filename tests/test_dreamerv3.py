@@ -458,8 +458,13 @@ def test_snakemake_dry_run_renders_the_commands(tmp_path):
     lines = [line.removeprefix("Shell command: ") for line in (out.stdout + out.stderr).splitlines()
              if "python -m" in line]
     noisy = next(line for line in lines if "integrations.dreamerv3.launch --task walker-walk" in line)
-    assert noisy == (
-        "OMP_NUM_THREADS=2 workflow/scripts/with-free-gpu.sh 0 python -m integrations.dreamerv3.launch"
+    prefix, _, command = noisy.partition("python -m ")
+    run_dir = f"{runs}/noisy_state/walker-walk/dreamerv3/ctx16/seed0"
+    assert "export OMP_NUM_THREADS=2;" in prefix and "export MUJOCO_GL=${MUJOCO_GL:-osmesa}" in prefix, prefix
+    assert prefix.endswith(f"/workflow/scripts/exclusive.sh {run_dir} {work}/workflow/scripts/with-free-gpu.sh 0 "), \
+        prefix   # absolute script paths (--directory works), one writer per run directory
+    assert "python -m " + command == (
+        "python -m integrations.dreamerv3.launch"
         " --task walker-walk --obs noisy_state --context-length 16 --seed 0"
         f" --out {runs}/noisy_state/walker-walk/dreamerv3/ctx16/seed0 --env-steps 3000 --wall-clock-hours 0.25"
         " --eval-every 1000 --eval-episodes 2 --checkpoint-every 1000 --configs dmc_proprio debug"

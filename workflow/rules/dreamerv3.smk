@@ -50,6 +50,7 @@ rule train_dreamerv3:
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
         flags=dreamerv3_flags,
         gpus=lambda wildcards, resources: resources.get("gpu", 0),
+        gl=gl_backend,
     threads: DV3_RESOURCES["cpus_per_task"]
     resources:
         mem_mb=DV3_RESOURCES["mem_mb"],
@@ -59,7 +60,8 @@ rule train_dreamerv3:
     container:
         DV3.get("container", "containers/dreamerv3.sif")
     shell:
-        "OMP_NUM_THREADS={threads} workflow/scripts/with-free-gpu.sh {params.gpus}"
+        JOB_ENV + GL_ENV + "export OMP_NUM_THREADS={threads}; "
+        "{SCRIPTS:q}/exclusive.sh {params.run_dir} {SCRIPTS:q}/with-free-gpu.sh {params.gpus}"
         " python -m integrations.dreamerv3.launch --task {wildcards.task} --obs {wildcards.obs}"
         " --context-length {wildcards.ctx} --seed {wildcards.seed} --out {params.run_dir} {params.flags}"
         " > {log} 2>&1"

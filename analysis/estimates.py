@@ -14,7 +14,8 @@ Definitions used throughout (all in normalised score = return / 1000):
 - Curves (sample efficiency): each run's evaluations are linearly interpolated onto a common grid, the
   multiples of the evaluation interval (`train.eval_every`, else the median gap between evaluations) between
   the latest first evaluation and the earliest last evaluation of the runs in the group (capped at the budget);
-  wall-clock curves use a grid of hours in steps of 1/50 of the wall-clock budget. At each grid point the IQM
+  wall-clock curves use a grid of hours in steps of 1/50 of the wall-clock budget (or of the longest run, when
+  that is shorter). At each grid point the IQM
   across runs x tasks with a pointwise 95% CI.
 Every rliable call gets one method's data and is preceded by `np.random.seed(seed)` (rliable resamples with
 numpy's global generator), so each estimate is reproducible and independent of which other methods are present.
@@ -252,7 +253,9 @@ def estimate_experiment(scores: pd.DataFrame, runs: pd.DataFrame, exp: Experimen
     step = grid_step(rows, settings)
     rows = published_on_grid(rows, step)
     rows = rows.assign(wall_clock_h=rows["wall_clock_s"] / 3600.0)
-    wall_step = (settings.wall_clock_hours or rows["wall_clock_h"].max()) / WALL_CLOCK_POINTS
+    # grid over the budget, or over the span the runs reached when they all stopped well before it
+    wall_reached = rows["wall_clock_h"].max()
+    wall_step = min(settings.wall_clock_hours or wall_reached, wall_reached) / WALL_CLOCK_POINTS
     final = final_scores(rows, b, done)
     out["final"] += final.assign(experiment=exp.name).to_dict("records")
     rs, seed = settings.reps, settings.seed

@@ -35,7 +35,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import EngFormatter, MaxNLocator, NullLocator  # noqa: E402
+from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
 from analysis.estimates import METRICS, Settings, coverage_note  # noqa: E402
 from analysis.plan import (ABLATIONS, PUBLISHED_SUFFIX, UPDATE_STEP_FIGURE, Experiment,  # noqa: E402
@@ -46,6 +46,7 @@ __all__ = ["expected_figures", "build_figures", "write_figures", "method_color"]
 log = logging.getLogger(__name__)
 
 COLUMN_WIDTH = 3.3  # inches
+HOURS = FuncFormatter(lambda h, _: f"{h:.2g}")  # wall-clock hours, short labels at any scale
 _CB = sns.color_palette("colorblind").as_hex()  # Okabe-Ito-like, 10 colours
 METHOD_COLORS = {
     "kalmamba": _CB[3],             # vermillion
@@ -269,8 +270,7 @@ def context_curves_figure(curves: pd.DataFrame, methods: list[str], context_leng
                                 alpha=0.2, lw=0)
             ax.set_title(f"context length {ctx}")
             _return_axis(ax)
-            if x_kind == "env_step":
-                ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+            ax.xaxis.set_major_formatter(EngFormatter(sep="") if x_kind == "env_step" else HOURS)
             ax.xaxis.set_major_locator(MaxNLocator(4))
             if k % ncols == 0:
                 ax.set_ylabel("IQM return")
@@ -323,9 +323,8 @@ def by_length_figure(curves: pd.DataFrame, methods: list[str], context_lengths: 
                                     lw=0)
                 ax.set_title(display_name(m))
                 _return_axis(ax)
-                if x_kind == "env_step":
-                    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
-                ax.xaxis.set_major_locator(MaxNLocator(4))
+                ax.xaxis.set_major_formatter(EngFormatter(sep="") if x_kind == "env_step" else HOURS)
+                ax.xaxis.set_major_locator(MaxNLocator(3 if x_kind == "wall_clock_h" else 4))
                 if ax is row[0]:
                     ax.set_ylabel("IQM return")
         for ax, (_, xlabel) in zip(axes[-1], kinds):

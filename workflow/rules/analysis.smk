@@ -54,6 +54,7 @@ rule estimates:
     profiles; probability of improvement; sample-efficiency curves."""
     input:
         rules.collect.output.scores,
+        runs=rules.collect.output.runs,
         study=rules.study_config.output[0],
     output:
         expand(RESULTS + "/estimates/{name}.csv", name=ESTIMATE_FILES),

@@ -14,15 +14,6 @@ TINY = KalMambaConfig(latent_dim=6, d_model=8, n_layers=2, d_state=4, hidden_dim
 OBS_DIM, ACT_DIM = 5, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: intra-op threads only add contention on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def make(cfg=TINY, obs_shape=(OBS_DIM,), dtype=torch.float32, seed=0, **changes):
     torch.manual_seed(seed)
     return KalMamba(obs_shape, ACT_DIM, dataclasses.replace(cfg, **changes)).to(dtype)

@@ -14,15 +14,6 @@ from models.sac import SAC, SACConfig, SquashedGaussianActor, ema_update, tanh_l
 SMALL = SACConfig(hidden_dim=32, n_layers=2)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny networks: intra-op threads only add contention on a shared CPU."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_squashed_gaussian_log_prob_matches_change_of_variables():
     torch.manual_seed(0)
     actor = SquashedGaussianActor(5, 3, SMALL).double()

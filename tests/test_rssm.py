@@ -4,23 +4,16 @@ import pytest
 import torch
 from torch.distributions import Normal, kl_divergence
 
+from tests import world_model_checks
+from tests.world_model_checks import loss_before_and_after_adam
 from models.rssm import RSSM, RSSMConfig, kl_free_nats
 
 SMALL = RSSMConfig(stoch_dim=6, deter_dim=10, hidden_dim=16, conv_depth=4, mlp_hidden_dim=16, reward_hidden_dim=16)
 ACTION_DIM = 3
 
 
-def make_batch(obs_shape, B=3, T=5, seed=0, learnable=False):
-    """Random batch; `learnable` gives observations and rewards with a large predictable part."""
-    g = torch.Generator().manual_seed(seed)
-    if len(obs_shape) == 3:
-        low, high = (150, 200) if learnable else (0, 256)
-        obs = torch.randint(low, high, (B, T, *obs_shape), dtype=torch.uint8, generator=g)
-    else:
-        obs = torch.randn(B, T, *obs_shape, generator=g) * (0.1 if learnable else 1.0) + (3.0 if learnable else 0.0)
-    prev_actions = torch.rand(B, T, ACTION_DIM, generator=g) * 2 - 1
-    rewards = torch.randn(B, T, generator=g) * (0.1 if learnable else 1.0) + (2.0 if learnable else 0.0)
-    return obs, prev_actions, rewards
+def make_batch(obs_shape, **kw):
+    return world_model_checks.make_batch(obs_shape, ACTION_DIM, **kw)
 
 
 @pytest.mark.parametrize("obs_shape", [(3, 64, 64), (7,)], ids=["pixels", "states"])
@@ -152,19 +145,5 @@ def test_adam_steps_reduce_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     model = RSSM(obs_shape, ACTION_DIM, SMALL)
     obs, prev_actions, rewards = make_batch(obs_shape, B=4, T=6, learnable=True)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3, eps=SMALL.adam_eps)
-
-    def loss_at_fixed_noise():
-        torch.manual_seed(7)
-        with torch.no_grad():
-            return model.loss(obs, prev_actions, rewards)[0].item()
-
-    before = loss_at_fixed_noise()
-    for _ in range(30):
-        loss, _ = model.loss(obs, prev_actions, rewards)
-        opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), SMALL.grad_clip)
-        opt.step()
-    after = loss_at_fixed_noise()
+    before, after = loss_before_and_after_adam(model, (obs, prev_actions, rewards), SMALL)
     assert after < 0.5 * before, (before, after)  # ~42 -> ~9 (the floor is ~8.4: NLL constants + free nats)

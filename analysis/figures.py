@@ -64,7 +64,7 @@ _SPARE_COLORS = [_CB[6], _CB[8]]  # pink, yellow: methods not listed above (pick
 ABLATION_DASHES = {"kalmamba_no_mamba": (1, 1.2), "kalmamba_no_dropout": (4, 1.2, 1, 1.2),
                    "kalmamba_no_reg": (4, 1.2, 1, 1.2, 1, 1.2)}
 PUBLISHED_DASHES = (4, 2)
-EXPERIMENT_TITLES = {"pixels": "Pixels", "noisy_state": "Noisy state", "context": "Noisy state"}
+EXPERIMENT_TITLES = {"pixels": "Pixels", "state": "State", "noisy_state": "Noisy state", "context": "Noisy state"}
 RC = {
     "font.size": 7, "axes.titlesize": 7, "axes.labelsize": 7, "xtick.labelsize": 6, "ytick.labelsize": 6,
     "legend.fontsize": 6, "figure.titlesize": 7.5, "lines.linewidth": 1.1, "axes.linewidth": 0.6,

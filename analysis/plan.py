@@ -23,7 +23,7 @@ import yaml
 ABLATIONS = ("kalmamba_no_mamba", "kalmamba_no_dropout", "kalmamba_no_reg")
 METHOD_ORDER = ("kalmamba", "rssm", "vrkn", "sac", "dreamerv3", *ABLATIONS)
 PUBLISHED_SUFFIX = " (published)"
-FIGURE_PREFIX = {"pixels": "fig3_pixels", "noisy_state": "fig4_noisy_state", "context": "fig5_context"}
+FIGURE_PREFIX = {"pixels": "fig3_pixels", "state": "state", "noisy_state": "fig4_noisy_state", "context": "fig5_context"}
 UPDATE_STEP_FIGURE = "fig6_update_step"
 DEFAULT_MAIN_CONTEXT = 32
 ESTIMATE_FILES = ("final", "aggregate", "per_task", "profiles", "improvement", "curves", "coverage")

@@ -27,7 +27,7 @@ from rl import envs, methods
 class RunConfig:
     method: str                       # kalmamba, kalmamba_no_mamba, kalmamba_no_dropout, kalmamba_no_reg, rssm, vrkn, sac
     task: str                         # dm_control `domain-task`, e.g. walker-walk
-    obs: str                          # pixels | noisy_state
+    obs: str                          # pixels | state | noisy_state
     out: str                          # run directory
     context_length: int = 32          # L of the training sub-sequences
     seed: int = 0

@@ -5,7 +5,9 @@
     observation_shape, action_dim, action_repeat, episode_length
 Observation types:
 - `pixels`: 64x64 RGB uint8 in CHW layout, camera 0 (quadruped: camera 2, as in Dreamer).
-- `noisy_state`: the concatenation of all entries of DMC's observation dict (in the dict's order, each
+- `state`: the concatenation of all entries of DMC's observation dict (in the dict's order, each flattened),
+  float32, without noise of any kind (DreamerV3's `dmc_proprio` setting).
+- `noisy_state`: the same concatenation of all entries of DMC's observation dict (in the dict's order, each
   flattened) plus i.i.d. N(0, obs_noise_std^2) noise every step, float32. Before the action reaches the
   simulator, N(0, action_noise_std^2) noise is added and the result is clipped to the action bounds; the
   same noisy action is held for all action-repeat sub-steps. The agent never sees the noisy action.
@@ -28,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-OBS_TYPES = ("pixels", "noisy_state")
+OBS_TYPES = ("pixels", "state", "noisy_state")
 
 # PlaNet's per-domain action repeat (used by Dreamer, VRKN and CoRAL); other domains get 2 (Dreamer's DMC
 # default).

@@ -268,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("logdir", help="DreamerV3 logdir (metrics.jsonl, scores.jsonl, config.yaml)")
     p.add_argument("--out", required=True, help="run directory to write")
     p.add_argument("--task", required=True, help="kalbench task name, e.g. walker-walk")
-    p.add_argument("--obs", required=True, choices=["pixels", "noisy_state"])
+    p.add_argument("--obs", required=True, choices=["pixels", "state", "noisy_state"])
     p.add_argument("--seed", type=int, required=True)
     p.add_argument("--action-repeat", type=int, default=1, help="to turn DreamerV3's agent-step fps into env steps")
     p.add_argument("--scores-every", type=int, default=None,

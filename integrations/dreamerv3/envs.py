@@ -28,7 +28,7 @@ SUITE = "kalbench"
 
 
 class KalbenchEnv(embodied.Env):
-    """One `rl.envs` task (`obs_type` pixels or noisy_state), `repeat` = its action repeat.
+    """One `rl.envs` task (`obs_type` pixels, state or noisy_state), `repeat` = its action repeat.
 
     Training (mode "train"): episode k of environment `index` is seeded by `episode_seed(seed, "train", index,
     first_episode + k)`. Evaluation (mode "eval"): `start_evaluation(number, slot, stride)` before each

@@ -36,9 +36,9 @@ from pathlib import Path
 from integrations import dreamerv3 as dv3pkg
 from integrations.dreamerv3 import adapter
 
-OBS_TYPES = ("pixels", "noisy_state")
+OBS_TYPES = ("pixels", "state", "noisy_state")
 # DreamerV3's own DMC setups (its configs.yaml): pixels without proprioception, states with its 1M-parameter size.
-DEFAULT_CONFIGS = {"pixels": ("dmc_vision",), "noisy_state": ("dmc_proprio",)}
+DEFAULT_CONFIGS = {"pixels": ("dmc_vision",), "state": ("dmc_proprio",), "noisy_state": ("dmc_proprio",)}
 # kalbench's settings on top of the config blocks (flags after `--` may change them): JSONL logs only (DreamerV3's
 # default adds `scope`, a viewer's format that the adapter does not read).
 KALBENCH_OVERRIDES = {"logger.outputs": ["jsonl"]}

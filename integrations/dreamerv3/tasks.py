@@ -18,7 +18,7 @@ DREAMER_DOMAIN_ALIASES = {"cup": "ball_in_cup"}
 
 # Observation keys DreamerV3's agent sees. Its encoder and decoder take every key of the observation space but
 # is_first/is_last/is_terminal/reward, images (rank 3, uint8) through the CNN and vectors through the MLP.
-OBS_KEY = {"pixels": "image", "noisy_state": "state"}
+OBS_KEY = {"pixels": "image", "state": "state", "noisy_state": "state"}
 
 _MODE_ID = {"train": 0, "eval": 1}
 
@@ -67,7 +67,7 @@ def to_dreamer_obs(obs: np.ndarray, obs_type: str) -> np.ndarray:
         if obs.ndim != 3 or obs.dtype != np.uint8:
             raise ValueError(f"pixels must be uint8 (C, H, W), got {obs.dtype} {obs.shape}")
         return np.ascontiguousarray(obs.transpose(1, 2, 0))
-    if obs_type == "noisy_state":
+    if obs_type in ("state", "noisy_state"):
         obs = np.asarray(obs, dtype=np.float32)
         if obs.ndim != 1:
             raise ValueError(f"states must be 1-D, got shape {obs.shape}")

@@ -98,7 +98,7 @@ def run_flags(method):
 
 
 wildcard_constraints:
-    obs="pixels|noisy_state",
+    obs="pixels|state|noisy_state",
     task="[a-z][a-z_]*-[a-z][a-z_]*",
     ctx=r"\d+",
     seed=r"\d+",

@@ -1,5 +1,5 @@
-"""Kalman benchmark (issue 2): diagonal filter + RTS smoother, sequential loop vs parallel associative scan
-(models/kalman.py), against dynamax's jitted sequential and parallel LGSSM filter/smoother (JAX).
+"""Kalman benchmark (issues 2, 12): diagonal filter + RTS smoother, every method of models/kalman.py and a plain
+autograd loop side by side, against dynamax's jitted sequential and parallel LGSSM filter/smoother (JAX).
 
     python -m benchmarks.kalman_scan                              # B=32, D=230, float32, T = 32..1024
     python -m benchmarks.kalman_scan --context-lengths 32 256 --repeats 3 --no-dynamax
@@ -10,8 +10,10 @@ What is timed (medians over `--repeats` repetitions after `--warmup` untimed cal
 - `forward_s`: kalman_filter + kalman_smoother under no_grad;
 - `fwd_bwd_s`: the same with autograd on all seven inputs, then backward of a scalar loss of all six outputs.
 Rows:
-- ours at D = --latent-dim (230, VRKN's latent size): "sequential", "parallel" (our scan) and
-  "parallel_torchscan" (our elements and combines scanned by torch's prototype generic associative scan);
+- ours at D = --latent-dim (230, VRKN's latent size): "plain_loop" (the baseline: 15 lines of torch over unbind(1)
+  views, autograd, no checks: `plain_loop`), "sequential", "fused", "parallel" (our scan), "parallel_torchscan"
+  (our elements and combines scanned by torch's prototype generic associative scan) and "auto" (the default, which
+  resolves to one of the others by device: models.kalman.resolve_method);
 - at D = --dynamax-dim (default 16: dynamax takes full D x D matrices; its parallel versions solve D x D systems
   in every combine): ours "sequential"/"parallel" and dynamax "sequential" (`lgssm_smoother`, lax.scan) and
   "parallel" (`parallel_lgssm_smoother`, lax.associative_scan), both under jit and vmap over the batch. Each
@@ -29,7 +31,9 @@ Output: a table on stdout and JSON at --out (docs/architecture.md, "Benchmark JS
                   "fwd_bwd_s", "forward_s_samples", "fwd_bwd_s_samples", "compile_s", "max_rel_diff_vs_ours",
                   "status"}, ...]}
 `summary` holds, at D = --latent-dim, the speed-up parallel / sequential per T and the parallel time growth from the
-shortest to the longest T, with the issue's targets (>= 5x at T = 256; growth <= 8x from 32 to 1024).
+shortest to the longest T, with issue 2's targets (>= 5x at T = 256; growth <= 8x from 32 to 1024), and the speed-up
+of every method over the plain loop per T ("speedup_vs_plain_loop"), with issue 12's target for "auto" (>= 4x for
+forward + backward at T = 256, B = 32, D = 230, float32, 2 threads).
 """
 from __future__ import annotations
 
@@ -51,13 +55,14 @@ from benchmarks.machine import describe
 from rl.io import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OUR_METHODS = ("sequential", "parallel", "parallel_torchscan")
+OUR_METHODS = ("plain_loop", "sequential", "fused", "parallel", "parallel_torchscan", "auto")
 DYNAMAX_METHODS = ("sequential", "parallel")
 DEFAULTS = {"context_lengths": [32, 64, 128, 256, 512, 1024], "batch_size": 32, "latent_dim": 230,
             "dynamax_dim": 16, "repeats": 5, "warmup": 1}
 QUICK = {"context_lengths": [4, 8], "batch_size": 2, "latent_dim": 3, "dynamax_dim": 2, "repeats": 2, "warmup": 1}
 TARGET_SPEEDUP_T, TARGET_SPEEDUP = 256, 5.0
 TARGET_GROWTH = 8.0
+TARGET_VS_PLAIN_T, TARGET_VS_PLAIN = 256, 4.0
 INPUTS = ("w", "var_w", "A", "b", "var_dyn", "mu0", "var0")
 
 
@@ -78,6 +83,28 @@ def make_system(B: int, T: int, D: int, seed: int = 0, dtype: torch.dtype = torc
         "var0": torch.ones(B, D),
     }
     return {k: v.to(dtype) for k, v in s.items()}
+
+
+def plain_loop(w, var_w, A, b, var_dyn, mu0, var0):
+    """The baseline: filter + RTS smoother as a plain torch loop over unbind(1) views, differentiated by autograd
+    (no mask, no checks). Same outputs as models.kalman: (mu_f, var_f, mu_p, var_p, mu_s, var_s), each (B, T, D)."""
+    w, R, A, b, q = (x.unbind(1) for x in (w, var_w, A, b, var_dyn))
+    mu_p, var_p = mu0.expand_as(w[0]), var0.expand_as(w[0])
+    out = [[], [], [], []]
+    for t in range(len(w)):
+        if t > 0:
+            mu_p, var_p = A[t - 1] * mu_f + b[t - 1], A[t - 1] ** 2 * var_f + q[t - 1]
+        K = var_p / (var_p + R[t])
+        mu_f, var_f = mu_p + K * (w[t] - mu_p), var_p * R[t] / (var_p + R[t])
+        for xs, x in zip(out, (mu_f, var_f, mu_p, var_p)):
+            xs.append(x)
+    mu_f, var_f, mu_p, var_p = out
+    mu_s, var_s = [mu_f[-1]], [var_f[-1]]
+    for t in range(len(w) - 2, -1, -1):
+        J = var_f[t] * A[t] / var_p[t + 1]
+        mu_s.append(mu_f[t] + J * (mu_s[-1] - mu_p[t + 1]))
+        var_s.append(var_f[t] + J * J * (var_s[-1] - var_p[t + 1]))
+    return tuple(torch.stack(xs, dim=1) for xs in (mu_f, var_f, mu_p, var_p, mu_s[::-1], var_s[::-1]))
 
 
 def loss_of(outputs) -> torch.Tensor:
@@ -104,20 +131,23 @@ def our_call(system: dict[str, torch.Tensor], method: str, backward: bool) -> Ca
 
     sync = torch.cuda.synchronize if system["w"].is_cuda else (lambda: None)
 
-    kalman_method = "sequential" if method == "sequential" else "parallel"
+    kalman_method = "parallel" if method == "parallel_torchscan" else method
     scan = "torch" if method == "parallel_torchscan" else "ours"
+
+    def filter_smoother(inputs):
+        if method == "plain_loop":
+            return plain_loop(**inputs)
+        f = kalman_filter(**inputs, method=kalman_method)
+        return f + kalman_smoother(*f, inputs["A"], method=kalman_method)
 
     def run() -> None:
         with scan_implementation(scan):
             if not backward:
                 with torch.no_grad():
-                    f = kalman_filter(**system, method=kalman_method)
-                    kalman_smoother(*f, system["A"], method=kalman_method)
+                    filter_smoother(system)
             else:
                 inputs = {k: v.detach().requires_grad_(True) for k, v in system.items()}
-                f = kalman_filter(**inputs, method=kalman_method)
-                s = kalman_smoother(*f, inputs["A"], method=kalman_method)
-                torch.autograd.grad(loss_of(f + s), [inputs[k] for k in INPUTS])
+                torch.autograd.grad(loss_of(filter_smoother(inputs)), [inputs[k] for k in INPUTS])
             sync()
     return run
 
@@ -301,6 +331,7 @@ def summarise(rows: list[dict], D: int) -> dict:
         return None
 
     Ts = sorted({r["context_length"] for r in rows if r["impl"] == "ours" and r["latent_dim"] == D})
+    methods = [m for m in OUR_METHODS if any(t(m, T, "fwd_bwd_s") for T in Ts)]
     out: dict[str, Any] = {"latent_dim": D}
     for key in ("fwd_bwd_s", "forward_s"):
         speedup = {T: t("sequential", T, key) / t("parallel", T, key) for T in Ts
@@ -312,6 +343,12 @@ def summarise(rows: list[dict], D: int) -> dict:
             out[key]["target_speedup_met"] = speedup[TARGET_SPEEDUP_T] >= TARGET_SPEEDUP
         if growth is not None and (Ts[0], Ts[-1]) == (32, 1024):
             out[key]["target_growth_met"] = growth <= TARGET_GROWTH
+        out[key]["speedup_vs_plain_loop"] = {
+            m: {T: t("plain_loop", T, key) / t(m, T, key) for T in Ts if t("plain_loop", T, key) and t(m, T, key)}
+            for m in methods if m != "plain_loop"}
+        auto = out[key]["speedup_vs_plain_loop"].get("auto", {})
+        if key == "fwd_bwd_s" and TARGET_VS_PLAIN_T in auto:
+            out[key]["target_auto_vs_plain_loop_met"] = auto[TARGET_VS_PLAIN_T] >= TARGET_VS_PLAIN
     return out
 
 
@@ -324,6 +361,8 @@ def parse_args(argv):
     p.add_argument("--dynamax-timeout", type=float, default=240.0, help="seconds per dynamax case (compile + run)")
     p.add_argument("--dynamax", action=argparse.BooleanOptionalAction, default=None,
                    help="run the dynamax rows (default: on, off with --quick)")
+    p.add_argument("--methods", nargs="+", default=list(OUR_METHODS), choices=OUR_METHODS,
+                   help="our rows at --latent-dim (default: all)")
     p.add_argument("--repeats", type=int, default=None)
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
@@ -363,25 +402,31 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     log = (lambda s: None) if args.silent else (lambda s: print(s, flush=True))
     Ts, B = sorted(args.context_lengths), args.batch_size
-    log(f"Kalman filter + smoother, B={B}, float32, {args.device}, torch threads {torch.get_num_threads()}")
-    rows = run_ours(B, args.latent_dim, Ts, OUR_METHODS, args.repeats, args.warmup, log, args.device)
+    from models.kalman import resolve_method
+    auto = resolve_method("auto", torch.empty(B, 1, args.latent_dim, device=args.device))
+    log(f"Kalman filter + smoother, B={B}, float32, {args.device}, torch threads {torch.get_num_threads()}, "
+        f"auto = {auto}")
+    rows = run_ours(B, args.latent_dim, Ts, tuple(args.methods), args.repeats, args.warmup, log, args.device)
     if args.dynamax:
         if args.dynamax_dim != args.latent_dim:
-            rows += run_ours(B, args.dynamax_dim, Ts, ("sequential", "parallel"), args.repeats, args.warmup, log,
+            rows += run_ours(B, args.dynamax_dim, Ts, ("plain_loop", "sequential", "fused", "parallel"), args.repeats,
+                             args.warmup, log,
                              args.device)
         rows += run_dynamax(B, args.dynamax_dim, Ts, args.repeats, args.warmup, args.dynamax_timeout, log)
     summary = summarise(rows, args.latent_dim)
     config = {"context_lengths": Ts, "batch_size": B, "latent_dim": args.latent_dim, "dtype": "float32",
-              "device": args.device, "repeats": args.repeats, "warmup": args.warmup, "quick": args.quick,
+              "device": args.device, "methods": args.methods, "repeats": args.repeats, "warmup": args.warmup, "quick": args.quick,
               "dynamax": args.dynamax, "dynamax_dim": args.dynamax_dim if args.dynamax else None,
               "dynamax_timeout_s": args.dynamax_timeout if args.dynamax else None,
-              "torch_threads": torch.get_num_threads()}
+              "torch_threads": torch.get_num_threads(), "auto_resolves_to": auto}
     data = {"machine": describe(), "config": config, "summary": summary, "results": rows}
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out, json.dumps(data, indent=1))
     for key in ("fwd_bwd_s", "forward_s"):
         s = summary[key]
+        for m, by_T in s["speedup_vs_plain_loop"].items():
+            log(f"{key}: speed-up of {m} over plain_loop " + ", ".join(f"T={T}: {v:.2f}x" for T, v in by_T.items()))
         log(f"{key}: parallel/sequential speed-up " +
             ", ".join(f"T={T}: {v:.2f}x" for T, v in s["speedup_parallel_vs_sequential"].items()) +
             (f"; parallel growth T={s['growth_from_to'][0]}->{s['growth_from_to'][1]}: {s['parallel_growth']:.2f}x"

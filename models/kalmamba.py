@@ -106,7 +106,8 @@ class KalMambaConfig:
     reg_alpha: float = 1.0           # α of the Mahalanobis regulariser [S-glm §5.2]; 0 = `no_reg` ablation
                                      # normalisation: summed over D, averaged over batch and time [§5.2 INF]
     reg_detach_belief: bool = False  # stop-gradient into μ⁺, Σ⁺ in the regulariser [§5.2 INF: no]
-    kalman_method: str = "parallel"  # models.kalman method: "parallel" (scan) | "sequential" (reference loop)
+    kalman_method: str = "auto"      # models.kalman method: "auto" (parallel scan on CUDA, fused loop on CPU) |
+                                     # "fused" | "parallel" | "sequential" (reference loop)
     # optimisation (read by rl/agent.py)
     lr: float = 3e-4                 # Adam, CoRAL model lr [§5.4 INF]
     adam_eps: float = 1e-8

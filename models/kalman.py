@@ -1,4 +1,5 @@
-"""Diagonal Kalman filter and RTS smoother (H = I), sequential and parallel (associative scan).
+"""Diagonal Kalman filter and RTS smoother (H = I): a reference loop, a fused loop with analytic backward, and the
+parallel associative scan.
 
 Model (all covariances diagonal, every product element-wise; digest §3.2, §4):
     z_0 ~ N(mu0, var0)
@@ -9,13 +10,18 @@ Shapes: B batch, T time, D latent dimensions. Sequences are (B, T, D).
 Outputs of the filter at every t: the one-step prediction N(mu_p_t, var_p_t) (before w_t; at t = 0 the prior) and the
 filtered belief N(mu_f_t, var_f_t) (after w_t). The smoother gives N(mu_s_t, var_s_t) = p(z_t | w_{0..T-1}).
 
-method="sequential" is the readable reference loop (digest §4.1) built from the public single-step functions
-`kalman_predict`, `kalman_update`, `rts_step`. method="parallel" is Särkkä & García-Fernández (2021) specialised to
-diagonals (digest §4.2): one forward associative scan for the filter, one reverse scan for the smoother.
-Speed (benchmarks/kalman_scan.py): the scan has depth O(log T) but does ~3x the element-wise work of the loop, so it
-pays off where the loop is latency-bound (GPUs; small B*D on CPU: ~2.5x faster at B=32, D=16, T>=256 on 1 core).
-On a CPU with B*D in the thousands (B=32, D=230) each loop step is already a vectorised, compute-bound op and the
-loop is ~2.5-4x faster than the scan: prefer method="sequential" there.
+Methods (the `method` argument of `kalman_filter` and `kalman_smoother`):
+- "sequential": the readable reference loop (digest §4.1) built from the public single-step functions
+  `kalman_predict`, `kalman_update`, `rts_step`; autograd differentiates it.
+- "fused": the same recursion as one loop over (B, D) slices per direction, each step a few fused element-wise ops
+  written straight into the outputs, with the analytic backward (the adjoint recursions below) as a
+  `torch.autograd.Function`. Neither direction builds an autograd graph per step. No double backward.
+- "parallel": Särkkä & García-Fernández (2021) specialised to diagonals (digest §4.2): one forward associative
+  scan for the filter, one reverse scan for the smoother: depth O(log T), ~3x the element-wise work of a loop.
+- "auto" (the default) picks by device, and is what every caller in kalbench uses: "parallel" on CUDA, where a
+  loop of T small kernels is latency-bound and the scan's depth wins; "fused" on the CPU, where a step over B*D
+  elements is already one vectorised op and the scan's extra work costs more than its depth saves
+  (`resolve_method`). benchmarks/kalman_scan.py measures all of them side by side with a plain autograd loop.
 
 Missing observations: `mask[b, t] = False` skips the update at t (var_w_t = inf, i.e. K_t = 0). w and var_w at such
 positions are never used in arithmetic, so they may hold anything (even NaN) without affecting values or gradients.
@@ -28,10 +34,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from models.scan import associative_scan
 
-METHODS = ("parallel", "sequential")
+METHODS = ("auto", "fused", "parallel", "sequential")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -71,6 +78,15 @@ def _check_mask(mask, shape: tuple[int, ...], device: torch.device, name: str = 
 def _check_method(method) -> None:
     if method not in METHODS:
         raise ValueError(f"method: must be one of {METHODS}, got {method!r}")
+
+
+def resolve_method(method: str, x: Tensor) -> str:
+    """The method that `method` runs for sequences like x (B, T, D): "auto" is "parallel" on CUDA and "fused"
+    elsewhere (see the module docstring); any other method is itself. Raises ValueError for an unknown method."""
+    _check_method(method)
+    if method != "auto":
+        return method
+    return "parallel" if x.is_cuda else "fused"
 
 
 def _check_same(names: tuple[str, ...], tensors: tuple, ref_name: str) -> None:
@@ -277,11 +293,143 @@ def _smoother_parallel(mu_f, var_f, mu_p, var_p, A):
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# Fused loop with an analytic backward (CPU)
+# ----------------------------------------------------------------------------------------------------------------
+# A plain loop builds an autograd graph of ~30 small ops per step and its backward replays them. Here forward and
+# backward are each one loop over (B, D) slices whose temporaries stay in cache, writing straight into the (B, T, D)
+# outputs; the backward is the adjoint (reverse-mode) recursion written out by hand:
+#   filter, step t (f = var_f, p = var_p, u = mu_f, m = mu_p):
+#       f = p R / (p + R),  K = f / R,  u = m + K (w - m),   p' = A² f + q,  m' = A u + b
+#   adjoint, t = T-1..0, given ū, f̄, m̄, p̄ from the outputs and m̄', p̄' from step t+1 (zero at t = T-1):
+#       ū += A m̄',  f̄ += A² p̄',  Ā = m̄' u + 2 A f p̄',  b̄ = m̄',  q̄ = p̄',  w̄ = K ū,  K̄ = ū (w - m)
+#       f̄ += K̄ / R,  R̄ = K (K f̄ - K̄ / R),  m̄ += (1 - K) ū,  p̄ += (1 - K)² f̄      (1 - K = f / p)
+#   smoother, step t: J = f A / p',  κ = max(1 - J A, 0),  mu_s = u + J (mu_s' - m'),  var_s = f κ + J² var_s'
+#   adjoint, t = 0..T-2, with σ, ν the adjoints of mu_s, var_s (σ_0, ν_0 from the outputs):
+#       J̄ = σ (mu_s' - m') + 2 J ν var_s' - [κ > 0] ν f A,   ū = σ,  f̄ = ν κ + J̄ A / p',
+#       Ā = J̄ f / p' - [κ > 0] ν f J,  m̄' = -J σ,  p̄' = -J̄ J / p',  σ' += J σ,  ν' += J² ν
+# A missing observation enters as R = inf (and w = 0): K = 0, f = p, and R̄ = w̄ = 0.
+
+def _empty(like: Tensor) -> Tensor:
+    return torch.empty(like.shape, dtype=like.dtype, device=like.device)
+
+
+class _FusedFilter(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, w, var_w, A, b, var_dyn, mu0, var0):
+        T = w.shape[1]
+        mu_f, var_f, mu_p, var_p, K = (_empty(w) for _ in range(5))
+        one = torch.ones((), dtype=w.dtype, device=w.device)
+        u, f, m, p, k = (x.unbind(1) for x in (mu_f, var_f, mu_p, var_p, K))
+        w_, R, A_, b_, q = (x.unbind(1) for x in (w, var_w, A, b, var_dyn))
+        m[0].copy_(mu0)
+        p[0].copy_(var0)
+        for t in range(T):
+            torch.div(p[t], torch.addcdiv(one, p[t], R[t]), out=f[t])      # f = p / (1 + p / R) = p R / (p + R)
+            torch.div(f[t], R[t], out=k[t])                                # K = p / (p + R)
+            torch.addcmul(m[t], k[t], w_[t] - m[t], out=u[t])              # u = m + K (w - m)
+            if t + 1 < T:
+                torch.addcmul(q[t], A_[t], A_[t] * f[t], out=p[t + 1])     # p' = A² f + q
+                torch.addcmul(b_[t], A_[t], u[t], out=m[t + 1])            # m' = A u + b
+        ctx.save_for_backward(w, var_w, A, mu_f, var_f, mu_p, var_p, K)
+        return mu_f, var_f, mu_p, var_p
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_mu_f, g_var_f, g_mu_p, g_var_p):
+        w, var_w, A, mu_f, var_f, mu_p, var_p, K = ctx.saved_tensors
+        T = w.shape[1]
+        gw, gR, gA, gb, gq = (_empty(w) for _ in range(5))
+        g_mu0, g_var0 = _empty(w[:, 0]), _empty(w[:, 0])
+        for g in (gA, gb, gq):
+            g[:, -1].zero_()  # the last transition is not used
+        u, f, m, p, k = (x.unbind(1) for x in (mu_f, var_f, mu_p, var_p, K))
+        w_, R, A_ = w.unbind(1), var_w.unbind(1), A.unbind(1)
+        Gu, Gf, Gm, Gp = (x.unbind(1) for x in (g_mu_f, g_var_f, g_mu_p, g_var_p))
+        m_bar, p_bar = gb.unbind(1), gq.unbind(1)  # b̄_{t-1} = m̄_t and q̄_{t-1} = p̄_t: written in place
+        m_bar, p_bar = (g_mu0, *m_bar[:-1]), (g_var0, *p_bar[:-1])
+        for t in range(T - 1, -1, -1):
+            if t + 1 < T:  # contributions of step t+1 through m' = A u + b and p' = A² f + q
+                u_bar = torch.addcmul(Gu[t], A_[t], m_bar[t + 1])
+                f_bar = torch.addcmul(Gf[t], A_[t] * A_[t], p_bar[t + 1])
+                torch.mul(m_bar[t + 1], u[t], out=gA[:, t]).addcmul_(A_[t] * f[t], p_bar[t + 1], value=2)
+            else:
+                u_bar, f_bar = Gu[t], Gf[t].clone()
+            torch.mul(k[t], u_bar, out=gw[:, t])
+            K_bar_over_R = (w_[t] - m[t]).mul_(u_bar).div_(R[t])
+            f_bar += K_bar_over_R
+            torch.mul(k[t], torch.mul(k[t], f_bar).sub_(K_bar_over_R), out=gR[:, t])
+            one_minus_K = f[t] / p[t]
+            torch.addcmul(Gm[t], one_minus_K, u_bar, out=m_bar[t])
+            torch.addcmul(Gp[t], one_minus_K.square_(), f_bar, out=p_bar[t])
+        return gw, gR, gA, gb, gq, g_mu0, g_var0
+
+
+class _FusedSmoother(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, mu_f, var_f, mu_p, var_p, A):
+        T = mu_f.shape[1]
+        mu_s, var_s, J, kappa = (_empty(mu_f) for _ in range(4))
+        one = torch.ones((), dtype=mu_f.dtype, device=mu_f.device)
+        u, f, m, p, A_ = (x.unbind(1) for x in (mu_f, var_f, mu_p, var_p, A))
+        ms, vs, j, kap = (x.unbind(1) for x in (mu_s, var_s, J, kappa))
+        ms[-1].copy_(u[-1])
+        vs[-1].copy_(f[-1])
+        for t in range(T - 2, -1, -1):
+            torch.mul(f[t], A_[t], out=j[t]).div_(p[t + 1])                             # J = f A / p'
+            torch.addcmul(one, j[t], A_[t], value=-1, out=kap[t]).clamp_(min=0)         # κ = max(1 - J A, 0)
+            torch.addcmul(u[t], j[t], ms[t + 1] - m[t + 1], out=ms[t])                  # u + J (mu_s' - m')
+            torch.addcmul(f[t] * kap[t], j[t], j[t] * vs[t + 1], out=vs[t])             # f κ + J² var_s'
+        ctx.save_for_backward(var_f, mu_p, var_p, A, mu_s, var_s, J, kappa)
+        return mu_s, var_s
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, g_mu_s, g_var_s):
+        var_f, mu_p, var_p, A, mu_s, var_s, J, kappa = ctx.saved_tensors
+        T = var_f.shape[1]
+        g_mu_f, g_var_f, g_mu_p, g_var_p, gA = (_empty(var_f) for _ in range(5))
+        for g in (g_mu_p[:, 0], g_var_p[:, 0], gA[:, -1]):
+            g.zero_()
+        zero = torch.zeros((), dtype=var_f.dtype, device=var_f.device)
+        f, m, p, A_, ms, vs, j, kap = (x.unbind(1) for x in (var_f, mu_p, var_p, A, mu_s, var_s, J, kappa))
+        Gs, Gv = g_mu_s.unbind(1), g_var_s.unbind(1)
+        sigma = g_mu_f.unbind(1)  # σ_t is ū_t: accumulated in place
+        sigma[0].copy_(Gs[0])
+        nu = Gv[0].clone()
+        for t in range(T - 1):
+            J_nu = j[t] * nu
+            nu_f = (nu * f[t]).mul_(kap[t] > 0)
+            J_bar = (ms[t + 1] - m[t + 1]).mul_(sigma[t]).addcmul_(J_nu, vs[t + 1], value=2)
+            J_bar.addcmul_(nu_f, A_[t], value=-1)
+            X = J_bar.div_(p[t + 1])                                                   # J̄ / p'
+            torch.addcmul(nu * kap[t], X, A_[t], out=g_var_f[:, t])                    # f̄ = ν κ + J̄ A / p'
+            torch.addcmul(X * f[t], nu_f, j[t], value=-1, out=gA[:, t])                # Ā
+            torch.addcmul(zero, j[t], sigma[t], value=-1, out=g_mu_p[:, t + 1])        # m̄' = -J σ
+            torch.addcmul(zero, X, j[t], value=-1, out=g_var_p[:, t + 1])              # p̄' = -J̄ J / p'
+            torch.addcmul(Gs[t + 1], j[t], sigma[t], out=sigma[t + 1])                 # σ' = Gs' + J σ
+            nu = torch.addcmul(Gv[t + 1], j[t], J_nu)                                  # ν' = Gv' + J² ν
+        g_var_f[:, -1].copy_(nu)
+        return g_mu_f, g_var_f, g_mu_p, g_var_p, gA
+
+
+def _filter_fused(w, var_w, A, b, var_dyn, mu0, var0, mask):
+    if mask is not None:  # a missing observation is R = inf, w = 0 (finite, so NaN there reaches nothing)
+        m = mask.unsqueeze(-1)
+        var_w = torch.where(m, var_w, torch.inf)
+        w = torch.where(m, w, 0.0)
+    return _FusedFilter.apply(w, var_w, A, b, var_dyn, mu0, var0)
+
+
+def _smoother_fused(mu_f, var_f, mu_p, var_p, A):
+    return _FusedSmoother.apply(mu_f, var_f, mu_p, var_p, A)
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------------------
 
 def kalman_filter(w: Tensor, var_w: Tensor, A: Tensor, b: Tensor, var_dyn: Tensor, mu0: Tensor, var0: Tensor,
-                  mask: Tensor | None = None, method: str = "parallel") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  mask: Tensor | None = None, method: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Diagonal Kalman filter with H = I.
 
     Args:
@@ -289,7 +437,8 @@ def kalman_filter(w: Tensor, var_w: Tensor, A: Tensor, b: Tensor, var_dyn: Tenso
         A, b, var_dyn: (B, T, D) transition z_t -> z_{t+1}; the last step (t = T-1) is not used.
         mu0, var0: (B, D) or (D,) prior of z_0 (updated directly by w[:, 0], no transition before t = 0).
         mask: (B, T) bool or None; False = observation missing, update skipped.
-        method: "parallel" (associative scan) or "sequential" (reference loop).
+        method: "auto" (default: `resolve_method`), "fused" (loop with analytic backward), "parallel"
+            (associative scan) or "sequential" (reference loop).
     Returns:
         mu_f, var_f: (B, T, D) filtered beliefs p(z_t | w_{0..t}).
         mu_p, var_p: (B, T, D) predictions p(z_t | w_{0..t-1}); at t = 0 the prior.
@@ -313,18 +462,20 @@ def kalman_filter(w: Tensor, var_w: Tensor, A: Tensor, b: Tensor, var_dyn: Tenso
     _check_positive("var_dyn", var_dyn[:, :-1])
     _check_positive("var0", var0)
     mu0, var0 = mu0.expand(B, D), var0.expand(B, D)
-    run = _filter_parallel if method == "parallel" else _filter_sequential
+    run = {"fused": _filter_fused, "parallel": _filter_parallel,
+           "sequential": _filter_sequential}[resolve_method(method, w)]
     return run(w, var_w, A, b, var_dyn, mu0, var0, mask)
 
 
 def kalman_smoother(mu_f: Tensor, var_f: Tensor, mu_p: Tensor, var_p: Tensor, A: Tensor,
-                    method: str = "parallel") -> tuple[Tensor, Tensor]:
+                    method: str = "auto") -> tuple[Tensor, Tensor]:
     """Rauch-Tung-Striebel smoother for the filter above.
 
     Args:
         mu_f, var_f, mu_p, var_p: (B, T, D) outputs of `kalman_filter`.
         A: (B, T, D) transition coefficients (the last step is not used).
-        method: "parallel" (reverse associative scan) or "sequential" (reference loop).
+        method: "auto" (default: `resolve_method`), "fused", "parallel" (reverse associative scan) or
+            "sequential" (reference loop).
     Returns:
         mu_s, var_s: (B, T, D) smoothed beliefs p(z_t | w_{0..T-1}).
     """
@@ -336,5 +487,6 @@ def kalman_smoother(mu_f: Tensor, var_f: Tensor, mu_p: Tensor, var_p: Tensor, A:
         _check_tensor(name, x, shape=mu_f.shape, like=mu_f)
     _check_positive("var_f", var_f)
     _check_positive("var_p", var_p[:, 1:])
-    run = _smoother_parallel if method == "parallel" else _smoother_sequential
+    run = {"fused": _smoother_fused, "parallel": _smoother_parallel,
+           "sequential": _smoother_sequential}[resolve_method(method, mu_f)]
     return run(mu_f, var_f, mu_p, var_p, A)

@@ -16,7 +16,7 @@ linearisation, digest §9.1), which makes inference sequential:
     A  = 0.1 + 0.89 · sigmoid(A_raw + shift)   ∈ [0.1, 0.99], 0.9 at A_raw = 0
     q  = 0.001 + 0.099 · sigmoid(q_raw + shift) ∈ [0.001, 0.1], 0.01 at q_raw = 0
 
-Inference: Kalman predict + update (Joseph form) per step, then a sequential Rauch-Tung-Striebel smoother; the
+Inference: Kalman predict + update (Joseph form) per step, then a Rauch-Tung-Striebel smoother (`cfg.smoother`); the
 single-step equations and the smoother come from `models.kalman` (not re-implemented here).
 
 Objective: the smoothing ELBO (digest §5.1, VRKN `AEVIObjective`). With ẑ_t ~ N(μˢ_t, Σˢ_t) one sample of the
@@ -43,7 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from models.kalman import kalman_predict, kalman_smoother, kalman_update
+from models.kalman import METHODS as KALMAN_METHODS, kalman_predict, kalman_smoother, kalman_update
 from models.nets import (diag_gaussian_kl, gaussian_log_lik, is_image, make_decoder, make_encoder, mlp,
                          obs_to_target, over_time, scaled_sigmoid, softplus_positive)
 
@@ -79,7 +79,7 @@ class VRKNConfig:
     init_kl_scale: float = 0.0       # `initial_kl_scale_factor`
     obs_loss_scale: float = 1.0      # `decoder_loss_scales` = [1.0, 10.0] (av_vrkn.py, image-only input)
     reward_loss_scale: float = 10.0
-    smoother: str = "sequential"     # RTS smoother of models.kalman: "sequential" (VRKN) or "parallel"
+    smoother: str = "auto"           # models.kalman smoother method: "auto" | "fused" | "parallel" | "sequential"
     lr: float = 6e-4                 # `model_learning_rate` (Adam)
     adam_eps: float = 1e-8           # `model_adam_epsilon`
     grad_clip: float = 100.0         # `model_clip_norm` (global grad norm)
@@ -172,8 +172,8 @@ class VRKN(nn.Module):
 
     def __init__(self, obs_shape: tuple[int, ...], action_dim: int, cfg: VRKNConfig):
         super().__init__()
-        if cfg.smoother not in ("sequential", "parallel"):
-            raise ValueError(f"smoother: must be 'sequential' or 'parallel', got {cfg.smoother!r}")
+        if cfg.smoother not in KALMAN_METHODS:
+            raise ValueError(f"smoother: must be one of {KALMAN_METHODS}, got {cfg.smoother!r}")
         self.cfg, self.obs_shape, self.action_dim = cfg, tuple(obs_shape), action_dim
         self.image = is_image(self.obs_shape)
         self.obs_event_dims = len(self.obs_shape)

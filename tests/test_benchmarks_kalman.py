@@ -32,10 +32,18 @@ def test_quick_run_writes_json(tmp_path, capsys):
     assert s["speedup_parallel_vs_sequential"][str(T1)] == pytest.approx(
         times[("sequential", T1)] / times[("parallel", T1)])
     assert s["parallel_growth"] == pytest.approx(times[("parallel", T1)] / times[("parallel", T0)])
+    vs_plain = s["speedup_vs_plain_loop"]
+    assert set(vs_plain) == set(bench.OUR_METHODS) - {"plain_loop"}
+    for m in vs_plain:
+        assert vs_plain[m][str(T1)] == pytest.approx(times[("plain_loop", T1)] / times[(m, T1)])
+        assert f"speed-up of {m} over plain_loop" in table
+    assert "target_auto_vs_plain_loop_met" not in s  # only at T = 256
+    assert data["config"]["auto_resolves_to"] == "fused"
 
 
 def test_timed_calls_compute_the_filter_and_gradients():
-    """The timed closures run the real filter/smoother (both scans give the same result as the sequential loop)."""
+    """The timed closures run the real filter/smoother (both scans, the fused loop and the plain loop give the same
+    result as the sequential loop, and the plain loop the same gradients)."""
     import torch
     from models.kalman import kalman_filter, kalman_smoother
 
@@ -47,9 +55,21 @@ def test_timed_calls_compute_the_filter_and_gradients():
             results[scan] = f + kalman_smoother(*f, system["A"], method="parallel")
     f = kalman_filter(**system, method="sequential")
     ref = f + kalman_smoother(*f, system["A"], method="sequential")
+    f = kalman_filter(**system, method="fused")
+    results["fused"] = f + kalman_smoother(*f, system["A"], method="fused")
+    results["plain_loop"] = bench.plain_loop(**system)
     for scan in results:
         for x, y in zip(results[scan], ref):
             torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-5)
+
+    def sequential(**s):
+        f = kalman_filter(**s, method="sequential")
+        return f + kalman_smoother(*f, s["A"], method="sequential")
+
+    s64 = {k: v.double().requires_grad_(True) for k, v in system.items()}
+    grads = [torch.autograd.grad(bench.loss_of(fn(**s64)), list(s64.values())) for fn in (bench.plain_loop, sequential)]
+    for x, y in zip(*grads):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-12)
     for method in bench.OUR_METHODS:
         bench.our_call(system, method, backward=True)()
 
@@ -60,6 +80,7 @@ def test_timed_calls_compute_the_filter_and_gradients():
     (["--latent-dim", "0"], "--latent-dim"),
     (["--warmup", "-1"], "--warmup"),
     (["--dynamax-timeout", "0"], "--dynamax-timeout"),
+    (["--methods", "fastest"], "--methods"),
 ])
 def test_bad_arguments(args, name, capsys):
     with pytest.raises(SystemExit):

@@ -1,14 +1,16 @@
-"""models/kalman.py: the parallel (associative-scan) filter/smoother equals the sequential loop, both equal an
-independent implementation (filterpy's KalmanFilter and rts_smoother with the diagonals as full matrices),
-float32 stays stable on long sequences, gradients agree, and bad input raises ValueError naming the argument."""
+"""models/kalman.py: the parallel (associative-scan) and fused (loop with analytic backward) filter/smoother equal the
+sequential loop, all equal an independent implementation (filterpy's KalmanFilter and rts_smoother with the diagonals
+as full matrices), float32 stays stable on long sequences, gradients agree (the fused analytic backward also against
+finite differences), "auto" resolves by device, and bad input raises ValueError naming the argument."""
 import numpy as np
 import pytest
 import torch
 from filterpy.kalman import KalmanFilter, rts_smoother
 
-from models.kalman import kalman_filter, kalman_predict, kalman_smoother, kalman_update, rts_step
+from models.kalman import kalman_filter, kalman_predict, kalman_smoother, kalman_update, resolve_method, rts_step
 
-METHODS = ["parallel", "sequential"]
+METHODS = ["parallel", "sequential", "fused"]
+FAST = ["parallel", "fused"]  # checked against "sequential"
 NAMES = ("mu_f", "var_f", "mu_p", "var_p", "mu_s", "var_s")
 
 
@@ -97,10 +99,11 @@ CASES = [(1, 3, 4, True), (2, 1, 1, False), (7, 2, 5, True), (32, 4, 3, False), 
          (1024, 2, 3, False)]
 
 
+@pytest.mark.parametrize("method", FAST)
 @pytest.mark.parametrize("T, B, D, prior_batched", CASES)
-def test_parallel_equals_sequential_float64(T, B, D, prior_batched):
+def test_parallel_equals_sequential_float64(method, T, B, D, prior_batched):
     system = random_system(B, T, D, seed=T, prior_batched=prior_batched)
-    seq, par = run(system, "sequential"), run(system, "parallel")
+    seq, par = run(system, "sequential"), run(system, method)
     for name in NAMES:
         assert par[name].shape == (B, T, D) and par[name].dtype == torch.float64
         assert_rel_close(par[name], seq[name], 1e-6, name)
@@ -203,12 +206,13 @@ def test_gradients_finite_and_equal_between_methods(T):
         loss = sum((weights[k] * out[k]).sum() for k in NAMES)
         grads[method] = torch.autograd.grad(loss, [inputs[k] for k in names], allow_unused=True,
                                              materialize_grads=True)
-    for name, gp, gs in zip(names, grads["parallel"], grads["sequential"]):
-        assert torch.isfinite(gp).all(), name
-        assert_rel_close(gp, gs, 1e-6, f"grad {name}")
-    # missing observations get no gradient
-    missing = ~system["mask"]
-    assert (grads["parallel"][0][missing] == 0).all()
+    for method in FAST:
+        for name, gp, gs in zip(names, grads[method], grads["sequential"]):
+            assert torch.isfinite(gp).all(), name
+            assert_rel_close(gp, gs, 1e-6, f"{method}: grad {name}")
+        # missing observations get no gradient
+        missing = ~system["mask"]
+        assert (grads[method][0][missing] == 0).all() and (grads[method][1][missing] == 0).all()
 
 
 @pytest.mark.parametrize("method", METHODS)
@@ -368,15 +372,16 @@ def test_single_step_helpers_name_bad_arguments():
 
 
 # Non-power-of-two lengths at every T up to 39 (and around 121): the scan's odd/even splits at every depth.
+@pytest.mark.parametrize("method", FAST)
 @pytest.mark.parametrize("T", list(range(1, 40)) + [120, 121, 122])
-def test_parallel_equals_sequential_at_every_chunking(T):
+def test_parallel_equals_sequential_at_every_chunking(method, T):
     system = random_system(2, T, 3, seed=200 + T)
-    seq, par = run(system, "sequential"), run(system, "parallel")
+    seq, par = run(system, "sequential"), run(system, method)
     for name in NAMES:
         assert_rel_close(par[name], seq[name], 1e-9, name)
 
 
-@pytest.mark.parametrize("T", [11, 30])
+@pytest.mark.parametrize("T", [1, 2, 11, 30])
 def test_parallel_gradients_equal_sequential_with_remainders(T):
     """Odd lengths (odd splits at several scan levels), masked, both outputs weighted."""
     system = random_system(2, T, 3, seed=300 + T)
@@ -388,6 +393,70 @@ def test_parallel_gradients_equal_sequential_with_remainders(T):
         inputs = {k: (v.clone().requires_grad_(True) if k in names else v) for k, v in system.items()}
         out = run(inputs, method)
         loss = sum((weights[k] * out[k]).sum() + (out[k] ** 2).sum() for k in NAMES)
-        grads[method] = torch.autograd.grad(loss, [inputs[k] for k in names])
-    for name, gp, gs in zip(names, grads["parallel"], grads["sequential"]):
-        assert_rel_close(gp, gs, 1e-8, f"grad {name}")
+        grads[method] = torch.autograd.grad(loss, [inputs[k] for k in names], allow_unused=True,
+                                             materialize_grads=True)  # T = 1 uses no transition
+    for method in FAST:
+        for name, gp, gs in zip(names, grads[method], grads["sequential"]):
+            assert_rel_close(gp, gs, 1e-8, f"{method}: grad {name}")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fused method's analytic backward; "auto"
+# ---------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("T, masked", [(1, False), (2, True), (5, True), (6, False)])
+def test_gradcheck_fused(T, masked):
+    """The hand-written backward of the fused filter + smoother against finite differences (float64)."""
+    system = random_system(2, T, 2, seed=400 + T, masked=masked)
+    names = ["w", "var_w", "A", "b", "var_dyn", "mu0", "var0"]
+
+    def fn(*xs):
+        s = dict(system)
+        s.update(zip(names, xs))
+        out = run(s, "fused")
+        return tuple(out[k] for k in NAMES)
+
+    assert torch.autograd.gradcheck(fn, [system[k].clone().requires_grad_(True) for k in names])
+
+
+@pytest.mark.parametrize("T", [1, 2, 9])
+def test_fused_smoother_on_arbitrary_inputs(T):
+    """The smoother alone, on inputs that are not a filter's output (var_p' may be < A² var_f, so the clamp of
+    1 - J A is active at some entries): values and gradients equal autograd of the sequential reference."""
+    g = torch.Generator().manual_seed(500 + T)
+    B, D = 3, 4
+    x = {"mu_f": torch.randn(B, T, D, generator=g, dtype=torch.float64),
+         "var_f": 0.1 + torch.rand(B, T, D, generator=g, dtype=torch.float64),
+         "mu_p": torch.randn(B, T, D, generator=g, dtype=torch.float64),
+         "var_p": 0.1 + torch.rand(B, T, D, generator=g, dtype=torch.float64),
+         "A": 2 * torch.rand(B, T, D, generator=g, dtype=torch.float64) - 1}
+    if T > 2:
+        J_A = x["var_f"][:, :-1] * x["A"][:, :-1] ** 2 / x["var_p"][:, 1:]
+        assert (J_A > 1).any() and (J_A < 1).any()  # both branches of the clamp are exercised
+    weights = [torch.randn(B, T, D, generator=g, dtype=torch.float64) for _ in range(2)]
+    results = {}
+    for method in ("sequential", "fused"):
+        inputs = {k: v.clone().requires_grad_(True) for k, v in x.items()}
+        out = kalman_smoother(**inputs, method=method)
+        loss = sum((w * o).sum() + (o ** 2).sum() for w, o in zip(weights, out))
+        results[method] = out + torch.autograd.grad(loss, list(inputs.values()), allow_unused=True,
+                                                    materialize_grads=True)  # T = 1 uses only mu_f, var_f
+    for i, (got, want) in enumerate(zip(results["fused"], results["sequential"])):
+        assert_rel_close(got, want, 1e-9, f"output/grad {i}")
+
+
+def test_auto_resolves_by_device():
+    x = torch.zeros(2, 3, 4)
+    assert resolve_method("auto", x) == "fused"
+    for method in ("fused", "parallel", "sequential"):
+        assert resolve_method(method, x) == method
+    with pytest.raises(ValueError, match="^method"):
+        resolve_method("fastest", x)
+    system = random_system(2, 7, 3, seed=600)
+    for got, want in zip(run(system, "auto").values(), run(system, "fused").values()):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_auto_is_parallel_on_cuda():
+    assert resolve_method("auto", torch.zeros(2, 3, 4, device="cuda")) == "parallel"

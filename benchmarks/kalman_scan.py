@@ -6,7 +6,8 @@ autograd loop side by side, against dynamax's jitted sequential and parallel LGS
     python -m benchmarks.kalman_scan --quick --out /tmp/k.json    # tiny sizes: a smoke test (no dynamax)
 
 What is timed (medians over `--repeats` repetitions after `--warmup` untimed calls per case; our cases of one
-(D, T) are interleaved in a fresh random order each repetition):
+(D, T) are interleaved in a fresh random order each repetition; wall time, or with `--clock cpu` this process's
+CPU time, which on a shared machine counts only our own work):
 - `forward_s`: kalman_filter + kalman_smoother under no_grad;
 - `fwd_bwd_s`: the same with autograd on all seven inputs, then backward of a scalar loss of all six outputs.
 Rows:
@@ -153,8 +154,8 @@ def our_call(system: dict[str, torch.Tensor], method: str, backward: bool) -> Ca
 
 
 def time_interleaved(calls: dict[Any, Callable[[], None]], repeats: int, warmup: int,
-                     seed: int) -> dict[Any, list[float]]:
-    """Warm every call up, then time each once per repetition in a fresh random order."""
+                     seed: int, clock: Callable[[], float] = time.perf_counter) -> dict[Any, list[float]]:
+    """Warm every call up, then time each once per repetition in a fresh random order (seconds of `clock`)."""
     for call in calls.values():
         for _ in range(warmup):
             call()
@@ -164,19 +165,22 @@ def time_interleaved(calls: dict[Any, Callable[[], None]], repeats: int, warmup:
         order = list(calls)
         rng.shuffle(order)
         for key in order:
-            t0 = time.perf_counter()
+            t0 = clock()
             calls[key]()
-            samples[key].append(time.perf_counter() - t0)
+            samples[key].append(clock() - t0)
     return samples
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
 def run_ours(B: int, D: int, context_lengths: list[int], methods: tuple[str, ...], repeats: int, warmup: int,
-             log: Callable[[str], None], device: str = "cpu") -> list[dict]:
+             log: Callable[[str], None], device: str = "cpu", clock: str = "wall") -> list[dict]:
     rows = []
     for T in context_lengths:
         system = {k: v.to(device) for k, v in make_system(B, T, D, seed=T).items()}
         calls = {(m, bwd): our_call(system, m, bwd) for m in methods for bwd in (False, True)}
-        samples = time_interleaved(calls, repeats, warmup, seed=T)
+        samples = time_interleaved(calls, repeats, warmup, seed=T, clock=CLOCKS[clock])
         for m in methods:
             fwd, both = samples[(m, False)], samples[(m, True)]
             rows.append({"impl": "ours", "method": m, "context_length": T, "batch_size": B, "latent_dim": D,
@@ -367,6 +371,9 @@ def parse_args(argv):
     p.add_argument("--warmup", type=int, default=None)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's default)")
     p.add_argument("--device", default="cpu", choices=["cpu", "cuda"], help="device of our rows (dynamax: CPU)")
+    p.add_argument("--clock", default="wall", choices=list(CLOCKS),
+                   help="our rows: wall time, or this process's CPU time (on a shared, loaded CPU machine it counts "
+                        "only our work; use it with --threads 1, since it also counts idle threads' spinning)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not for numbers")
     p.add_argument("--silent", action="store_true")
     p.add_argument("--out", default="results/bench/kalman_scan.json")
@@ -388,6 +395,8 @@ def parse_args(argv):
         p.error(f"--context-lengths: must be >= 1, got {args.context_lengths}")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device: cuda is not available")
+    if args.device == "cuda" and args.clock == "cpu":
+        p.error("--clock: cpu does not see the GPU's time; use wall with --device cuda")
     if args.dynamax_timeout <= 0:
         p.error(f"--dynamax-timeout: must be > 0, got {args.dynamax_timeout}")
     return args
@@ -406,16 +415,17 @@ def main(argv=None) -> int:
     auto = resolve_method("auto", torch.empty(B, 1, args.latent_dim, device=args.device))
     log(f"Kalman filter + smoother, B={B}, float32, {args.device}, torch threads {torch.get_num_threads()}, "
         f"auto = {auto}")
-    rows = run_ours(B, args.latent_dim, Ts, tuple(args.methods), args.repeats, args.warmup, log, args.device)
+    rows = run_ours(B, args.latent_dim, Ts, tuple(args.methods), args.repeats, args.warmup, log, args.device,
+                    args.clock)
     if args.dynamax:
         if args.dynamax_dim != args.latent_dim:
             rows += run_ours(B, args.dynamax_dim, Ts, ("plain_loop", "sequential", "fused", "parallel"), args.repeats,
-                             args.warmup, log,
-                             args.device)
+                             args.warmup, log, args.device, args.clock)
         rows += run_dynamax(B, args.dynamax_dim, Ts, args.repeats, args.warmup, args.dynamax_timeout, log)
     summary = summarise(rows, args.latent_dim)
     config = {"context_lengths": Ts, "batch_size": B, "latent_dim": args.latent_dim, "dtype": "float32",
-              "device": args.device, "methods": args.methods, "repeats": args.repeats, "warmup": args.warmup, "quick": args.quick,
+              "device": args.device, "methods": args.methods, "clock": args.clock, "repeats": args.repeats,
+              "warmup": args.warmup, "quick": args.quick,
               "dynamax": args.dynamax, "dynamax_dim": args.dynamax_dim if args.dynamax else None,
               "dynamax_timeout_s": args.dynamax_timeout if args.dynamax else None,
               "torch_threads": torch.get_num_threads(), "auto_resolves_to": auto}

@@ -81,6 +81,7 @@ def test_timed_calls_compute_the_filter_and_gradients():
     (["--warmup", "-1"], "--warmup"),
     (["--dynamax-timeout", "0"], "--dynamax-timeout"),
     (["--methods", "fastest"], "--methods"),
+    (["--clock", "gpu"], "--clock"),
 ])
 def test_bad_arguments(args, name, capsys):
     with pytest.raises(SystemExit):

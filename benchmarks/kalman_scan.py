@@ -412,9 +412,10 @@ def main(argv=None) -> int:
     log = (lambda s: None) if args.silent else (lambda s: print(s, flush=True))
     Ts, B = sorted(args.context_lengths), args.batch_size
     from models.kalman import resolve_method
-    auto = resolve_method("auto", torch.empty(B, 1, args.latent_dim, device=args.device))
+    auto = {T: resolve_method("auto", torch.empty((), device=args.device).expand(B, T, args.latent_dim))
+            for T in Ts}
     log(f"Kalman filter + smoother, B={B}, float32, {args.device}, torch threads {torch.get_num_threads()}, "
-        f"auto = {auto}")
+        f"auto = " + ", ".join(f"{m} at T={T}" for T, m in auto.items()))
     rows = run_ours(B, args.latent_dim, Ts, tuple(args.methods), args.repeats, args.warmup, log, args.device,
                     args.clock)
     if args.dynamax:

@@ -18,10 +18,12 @@ Methods (the `method` argument of `kalman_filter` and `kalman_smoother`):
   `torch.autograd.Function`. Neither direction builds an autograd graph per step. No double backward.
 - "parallel": Särkkä & García-Fernández (2021) specialised to diagonals (digest §4.2): one forward associative
   scan for the filter, one reverse scan for the smoother: depth O(log T), ~3x the element-wise work of a loop.
-- "auto" (the default) picks by device, and is what every caller in kalbench uses: "parallel" on CUDA, where a
-  loop of T small kernels is latency-bound and the scan's depth wins; "fused" on the CPU, where a step over B*D
-  elements is already one vectorised op and the scan's extra work costs more than its depth saves
-  (`resolve_method`). benchmarks/kalman_scan.py measures all of them side by side with a plain autograd loop.
+- "auto" (the default, and what every caller in kalbench uses) picks by device and size (`resolve_method`):
+  "parallel" on CUDA, where a loop of T small kernels is latency-bound and the scan's depth wins; on the CPU
+  "parallel" only for few elements per step and long sequences (B*D <= 1024 and T >= 512), where the loop's
+  per-op overhead dominates, and "fused" otherwise: with thousands of elements per step each loop op already does
+  real work and the scan's extra element-wise work costs more than its depth saves. benchmarks/kalman_scan.py
+  measures all of them side by side with a plain autograd loop (README, "Benchmarks").
 
 Missing observations: `mask[b, t] = False` skips the update at t (var_w_t = inf, i.e. K_t = 0). w and var_w at such
 positions are never used in arithmetic, so they may hold anything (even NaN) without affecting values or gradients.
@@ -80,13 +82,20 @@ def _check_method(method) -> None:
         raise ValueError(f"method: must be one of {METHODS}, got {method!r}")
 
 
+AUTO_PARALLEL_CPU_MAX_BD, AUTO_PARALLEL_CPU_MIN_T = 1024, 512
+
+
 def resolve_method(method: str, x: Tensor) -> str:
-    """The method that `method` runs for sequences like x (B, T, D): "auto" is "parallel" on CUDA and "fused"
-    elsewhere (see the module docstring); any other method is itself. Raises ValueError for an unknown method."""
+    """The method that `method` runs for sequences like x (B, T, D): "auto" is "parallel" on CUDA, and on the CPU
+    "parallel" if B*D <= 1024 and T >= 512, else "fused" (module docstring); any other method is itself.
+    Raises ValueError for an unknown method."""
     _check_method(method)
     if method != "auto":
         return method
-    return "parallel" if x.is_cuda else "fused"
+    B, T, D = x.shape
+    if x.is_cuda or (B * D <= AUTO_PARALLEL_CPU_MAX_BD and T >= AUTO_PARALLEL_CPU_MIN_T):
+        return "parallel"
+    return "fused"
 
 
 def _check_same(names: tuple[str, ...], tensors: tuple, ref_name: str) -> None:

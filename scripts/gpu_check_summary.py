@@ -111,7 +111,8 @@ def format_table(summary: dict) -> str:
     m = summary["machine"] or {}
     lines.append(f"machine: {m.get('cpu')}, GPU {m.get('gpu')}, torch {m.get('torch')}; "
                  f"{'GPU check' if summary['gpu'] else 'no GPU: CPU-side pieces only'}; "
-                 f"skipped: {', '.join(summary['skipped']) or 'none'}; failed: {', '.join(summary['failed']) or 'none'}")
+                 f"skipped: {', '.join(summary['skipped']) or 'none'}; "
+                 f"failed: {', '.join(summary['failed']) or 'none'}")
     return "\n".join(lines)
 
 

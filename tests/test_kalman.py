@@ -445,9 +445,13 @@ def test_fused_smoother_on_arbitrary_inputs(T):
         assert_rel_close(got, want, 1e-9, f"output/grad {i}")
 
 
-def test_auto_resolves_by_device():
+def test_auto_resolves_by_device_and_size():
     x = torch.zeros(2, 3, 4)
     assert resolve_method("auto", x) == "fused"
+    assert resolve_method("auto", torch.zeros(32, 256, 230)) == "fused"
+    assert resolve_method("auto", torch.zeros(32, 511, 32)) == "fused"
+    assert resolve_method("auto", torch.zeros(32, 512, 32)) == "parallel"   # B*D = 1024: few elements per step
+    assert resolve_method("auto", torch.zeros(32, 4096, 33)) == "fused"
     for method in ("fused", "parallel", "sequential"):
         assert resolve_method(method, x) == method
     with pytest.raises(ValueError, match="^method"):

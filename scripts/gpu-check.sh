@@ -26,7 +26,7 @@ out=""
 for arg in "$@"; do
     case "$arg" in
         --cpu-only) cpu_only=1 ;;
-        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "gpu-check: unknown option '$arg' (see --help)" >&2; exit 2 ;;
         *) if [[ -n $out ]]; then echo "gpu-check: one output folder, got '$out' and '$arg'" >&2; exit 2; fi
            out=$arg ;;

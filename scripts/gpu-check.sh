@@ -15,8 +15,9 @@
 #   bash scripts/gpu-check.sh /tmp/gpu-check       # into that folder
 #   bash scripts/gpu-check.sh --cpu-only DIR       # what a machine without a GPU does
 # Exit status: 0 when no step failed or timed out, 1 otherwise, 2 for a bad command line.
-# GPU_CHECK_BUDGET_S (default 480) is the time budget of all steps together, GPU_CHECK_TIMEOUT_SCALE (default 1) a
-# factor on every step's own limit (for a slow or loaded machine), PYTHON the interpreter (default .venv/bin/python).
+# GPU_CHECK_BUDGET_S (default 450 s: 8 minutes less the grace before a kill) is the budget of all steps together,
+# GPU_CHECK_TIMEOUT_SCALE (default 1) a factor on each step's own limit (for a slow or loaded machine), PYTHON the
+# interpreter (default .venv/bin/python).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
@@ -26,14 +27,14 @@ out=""
 for arg in "$@"; do
     case "$arg" in
         --cpu-only) cpu_only=1 ;;
-        -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         -*) echo "gpu-check: unknown option '$arg' (see --help)" >&2; exit 2 ;;
         *) if [[ -n $out ]]; then echo "gpu-check: one output folder, got '$out' and '$arg'" >&2; exit 2; fi
            out=$arg ;;
     esac
 done
 out=${out:-results/gpu-check/$(date -u +%Y%m%dT%H%M%SZ)}
-budget_s=${GPU_CHECK_BUDGET_S:-480}
+budget_s=${GPU_CHECK_BUDGET_S:-450}
 scale=${GPU_CHECK_TIMEOUT_SCALE:-1}
 for var in budget_s scale; do
     if ! [[ ${!var} =~ ^[0-9]+$ ]] || (( ${!var} < 1 )); then

@@ -727,3 +727,17 @@ def test_figures_without_published_scores_when_offline(tmp_path, caplog):
     assert "without published scores" in (tmp_path / "tables" / "final_pixels.md").read_text()
     assert "unavailable" in caplog.text and "dmc_vision-dreamerv3.json.gz" in caplog.text
     assert not est["aggregate"]["method"].str.contains("published").any()
+
+
+def test_update_step_times_that_are_not_finite_are_not_timed(caplog):
+    bench = {"machine": {"cpu": "test cpu"}, "config": {},
+             "results": [{"method": "kalmamba", "context_length": L, "batch_size": 4, "device": "cpu",
+                          "forward_s": {16: 0.016, 32: float("inf"), 64: "x"}[L],
+                          "update_s": {16: 0.048, 32: 0.096, 64: float("nan")}[L]} for L in (16, 32, 64)]}
+    with caplog.at_level("WARNING"):
+        fig = figures.update_step_figure(bench)
+    fwd = fig.axes[0].get_lines()[0]
+    np.testing.assert_allclose(fwd.get_xdata(), [16])
+    assert "KalMamba at 32" in fig._suptitle.get_text() and "KalMamba at 64" in fig._suptitle.get_text()
+    assert "forward_s is not a finite number" in caplog.text
+    matplotlib.pyplot.close(fig)

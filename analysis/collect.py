@@ -12,7 +12,7 @@ Layout read: `<results>/runs/<obs>/<task>/<method>/ctx<L>/seed<S>/{config.json, 
 Malformed input is missing data, never a number (analysis/inputs.py): a value of eval.csv that is not a finite
 number (or out of range: a negative env step or wall clock, a return outside [0, 1000]), a row with the wrong
 field count, a repeated or backwards env step, and a DONE value that is not a finite number are left out with a
-warning naming the file and line.
+warning naming the file and line (a wall clock that goes back: that value missing).
 """
 from __future__ import annotations
 
@@ -63,8 +63,13 @@ def find_runs(runs_root: Path) -> dict[tuple, Path]:
 def read_evals(run_dir: Path) -> pd.DataFrame:
     """eval.csv's valid rows as (env_step, wall_clock_s, return), by env step; empty if the run has not evaluated
     yet. Malformed rows and values: left out / missing, with a warning naming the line (analysis/inputs.py)."""
-    ev = read_checked_csv(run_dir / "eval.csv", EVAL_COLUMNS, increasing="env_step",
-                          rename={"return_mean": "return"})
+    path = run_dir / "eval.csv"
+    ev = read_checked_csv(path, EVAL_COLUMNS, increasing="env_step", rename={"return_mean": "return"})
+    back = ev["wall_clock_s"] < ev["wall_clock_s"].cummax()  # the wall clock of a run never goes back
+    if back.any():
+        log.warning("%s: %s: wall_clock_s goes back to an earlier time; treated as missing", path,
+                    lines_text(ev.loc[back, "line"].astype(int).tolist()))
+        ev.loc[back, "wall_clock_s"] = np.nan
     return ev[["env_step", "wall_clock_s", "return"]].reset_index(drop=True)
 
 
@@ -103,7 +108,14 @@ def check_config(run_dir: Path, key: tuple) -> None:
     path = run_dir / "config.json"
     if not path.exists():
         return
-    cfg = json.loads(path.read_text())
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("%s: not JSON; the run is known by its directory only", path)
+        return
+    if not isinstance(cfg, dict):
+        log.warning("%s: not a JSON object; the run is known by its directory only", path)
+        return
     for field, want in zip(RUN_KEY, key):
         if field in cfg and str(cfg[field]) != str(want):
             raise ValueError(f"{path}: {field}={cfg[field]!r} but the directory says {want!r}")

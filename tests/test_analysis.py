@@ -134,6 +134,15 @@ def test_incomplete_and_missing_runs_are_listed(study):
     assert (found["status"] == "running").sum() == 1 and len(found) == len(study["truth"]) + 1
 
 
+def test_unreadable_run_config_is_a_warning(tmp_path, caplog):
+    d = collect.run_path(tmp_path / "runs", "pixels", "walker-walk", "rssm", 32, 0)
+    d.mkdir(parents=True)
+    (d / "config.json").write_text('{"method": "rssm", "se')  # torn
+    with caplog.at_level("WARNING"):
+        _, runs = collect.collect(tmp_path)
+    assert runs["status"].tolist() == ["running"] and "config.json: not JSON" in caplog.text
+
+
 def test_run_directory_disagreeing_with_its_config_is_an_error(tmp_path):
     d = collect.run_path(tmp_path / "runs", "pixels", "walker-walk", "rssm", 32, 0)
     d.mkdir(parents=True)
@@ -578,10 +587,12 @@ EVAL_HEADER = "env_step,wall_clock_s,return_mean,return_std,episodes\n"
     ("0,5,10,1,5\n1000,6,1500,1,5\n2000,7,-3,1,5\n", [(0, 5, 10)], ["lines 3, 4: return is not a finite number in [0"]),
     ("0,5,10,1,5\n1000,6,20,1,5\n1000,6,25,1,5\n500,6,5,1,5\n2000,7,30,1,5\n",
      [(0, 5, 10), (1000, 6, 20), (2000, 7, 30)], ["lines 4, 5: env_step does not increase"]),
+    ("0,5,10,1,5\n1000,9,20,1,5\n2000,7,30,1,5\n3000,10,40,1,5\n",
+     [(0, 5, 10), (1000, 9, 20), (2000, None, 30), (3000, 10, 40)], ["line 4: wall_clock_s goes back"]),
     ("", [], []),
     ("\n\n", [], []),
 ], ids=["inf", "nan-text", "field-count", "bad-step", "bad-wall-clock", "out-of-range", "repeated-step",
-        "header-only", "blank-lines"])
+        "wall-clock-back", "header-only", "blank-lines"])
 def test_malformed_eval_rows_are_missing_data(tmp_path, caplog, rows, expected, warned):
     (tmp_path / "eval.csv").write_text(EVAL_HEADER + rows)
     with caplog.at_level("WARNING"):

@@ -1,7 +1,8 @@
 """`python -m analysis {collect,estimates,figures,tables,all} --results results/<study> [--study-config FILE]
 [--reps N] [--seed S] [--published FILE ...]`
 
-collect   runs/ -> scores.csv, runs.csv, incomplete.csv  (+ published reference scores with --published)
+collect   runs/ -> scores.csv, runs.csv, incomplete.csv, published.csv  (+ published reference scores with
+          --published)
 estimates scores.csv, runs.csv -> estimates/*.csv         (rliable; --reps, --seed; default: study config's
                                                            analysis.bootstrap_reps / analysis.seed, else 2000 / 0)
 figures   estimates/*.csv, bench/update_step.json -> figures/*.pdf|png
@@ -43,11 +44,13 @@ def cmd_collect(args, cfg) -> list[Path]:
     from analysis import collect
 
     scores, runs = collect.collect(args.results, plan.expected_runs(cfg) if cfg else None)
+    status = None
     if args.published:
         tasks = {t for g in (cfg.get("experiments") or {}).values() for t in g["tasks"]} if cfg else None
         bin_every = (cfg.get("train") or {}).get("eval_every") if cfg else None
-        scores = collect.with_published(scores, collect.load_published(args.published, tasks, bin_every))
-    return collect.write_collect(args.results, scores, runs)
+        published, status = collect.load_published(args.published, tasks, bin_every)
+        scores = collect.with_published(scores, published)
+    return collect.write_collect(args.results, scores, runs, status)
 
 
 def cmd_estimates(args, cfg) -> list[Path]:
@@ -56,7 +59,8 @@ def cmd_estimates(args, cfg) -> list[Path]:
     scores = collect.read_scores(args.results / "scores.csv")
     runs = collect.read_runs(args.results / "runs.csv")
     settings = estimates.Settings.from_config(cfg, args.reps, args.seed)
-    est = estimates.estimate_all(scores, runs, experiments(cfg, runs), settings, from_config=cfg is not None)
+    est = estimates.estimate_all(scores, runs, experiments(cfg, runs), settings, from_config=cfg is not None,
+                                 published=collect.read_published_status(args.results))
     return estimates.write_estimates(args.results, est)
 
 

@@ -7,6 +7,12 @@ Layout read: `<results>/runs/<obs>/<task>/<method>/ctx<L>/seed<S>/{config.json, 
 - `runs.csv`: one row per run found or expected, with its status: `complete` (has DONE), `running` (directory
   without DONE) or `missing` (expected by the study config, no directory).
 - `incomplete.csv`: the rows of `runs.csv` whose status is not `complete`. Nothing is dropped silently.
+- `published.csv`: one row per published score file asked for (`--published`): `loaded` (with its row count),
+  or `unavailable` (fetched without a network: the workflow's copy is a note saying so), and why.
+Malformed input is missing data, never a number (analysis/inputs.py): a value of eval.csv that is not a finite
+number (or out of range: a negative env step or wall clock, a return outside [0, 1000]), a row with the wrong
+field count, a repeated or backwards env step, and a DONE value that is not a finite number are left out with a
+warning naming the file and line (a wall clock that goes back: that value missing).
 """
 from __future__ import annotations
 
@@ -19,6 +25,7 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
+from analysis.inputs import Numeric, lines_text, read_checked_csv
 from rl.io import atomic_to_csv
 
 log = logging.getLogger(__name__)
@@ -29,6 +36,12 @@ SCORE_COLUMNS = ["source", "method", "obs", "task", "context_length", "seed",
 RUN_COLUMNS = ["path", "obs", "task", "method", "context_length", "seed", "status", "expected", "n_evals",
                "last_env_step", "last_wall_clock_s", "done_env_steps", "done_wall_clock_s", "done_reason"]
 RUN_KEY = ["obs", "task", "method", "context_length", "seed"]
+PUBLISHED_STATUS_COLUMNS = ["file", "obs", "status", "rows", "note"]
+# eval.csv (rl/rundir.py, integrations/dreamerv3/adapter.py): what a usable row holds
+EVAL_COLUMNS = {"env_step": Numeric(lo=0, required=True),
+                "wall_clock_s": Numeric(lo=0, may_be_empty=True),  # empty: unknown (converted DreamerV3 logs)
+                "return": Numeric(lo=0, hi=MAX_RETURN + 1e-6, required=True)}
+DONE_NUMBERS = ("env_steps", "wall_clock_s")
 _CTX, _SEED = re.compile(r"^ctx(\d+)$"), re.compile(r"^seed(\d+)$")
 
 
@@ -48,28 +61,46 @@ def find_runs(runs_root: Path) -> dict[tuple, Path]:
 
 
 def read_evals(run_dir: Path) -> pd.DataFrame:
-    """eval.csv as (env_step, wall_clock_s, return); empty if the run has not evaluated yet."""
+    """eval.csv's valid rows as (env_step, wall_clock_s, return), by env step; empty if the run has not evaluated
+    yet. Malformed rows and values: left out / missing, with a warning naming the line (analysis/inputs.py)."""
     path = run_dir / "eval.csv"
-    if not path.exists() or path.stat().st_size == 0:
-        return pd.DataFrame({"env_step": [], "wall_clock_s": [], "return": []})
-    ev = pd.read_csv(path)
-    ev = ev.rename(columns={"return_mean": "return"})[["env_step", "wall_clock_s", "return"]]
-    bad = ev["return"].isna()
-    if bad.any():
-        log.warning("%s: %d evaluation(s) without a return ignored", path, int(bad.sum()))
-    return ev[~bad].sort_values("env_step", kind="stable").reset_index(drop=True)
+    ev = read_checked_csv(path, EVAL_COLUMNS, increasing="env_step", rename={"return_mean": "return"})
+    back = ev["wall_clock_s"] < ev["wall_clock_s"].cummax()  # the wall clock of a run never goes back
+    if back.any():
+        log.warning("%s: %s: wall_clock_s goes back to an earlier time; treated as missing", path,
+                    lines_text(ev.loc[back, "line"].astype(int).tolist()))
+        ev.loc[back, "wall_clock_s"] = np.nan
+    return ev[["env_step", "wall_clock_s", "return"]].reset_index(drop=True)
 
 
 def read_done(run_dir: Path) -> dict | None:
-    """The DONE marker's JSON ({} if unreadable), or None if the run has no DONE."""
+    """The DONE marker's JSON, or None if the run has no DONE. Only valid values are kept: env_steps and
+    wall_clock_s finite numbers >= 0, reason a string; anything else is left out with a warning (the run still
+    counts as complete)."""
     path = run_dir / "DONE"
     if not path.exists():
         return None
     try:
-        return json.loads(path.read_text() or "{}")
-    except json.JSONDecodeError:
-        log.warning("%s: not JSON; the run still counts as complete", path)
+        data = json.loads(path.read_text() or "{}")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("%s: not JSON; the run counts as complete, its env steps as unknown", path)
         return {}
+    if not isinstance(data, dict):
+        log.warning("%s: not a JSON object; the run counts as complete, its env steps as unknown", path)
+        return {}
+    done = {}
+    for key in DONE_NUMBERS:
+        value = data.get(key)
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and value >= 0
+        if ok:
+            done[key] = float(value)
+        elif key in data and value is not None:
+            log.warning("%s: %s=%r is not a finite number >= 0; treated as missing", path, key, value)
+    if isinstance(data.get("reason"), str):
+        done["reason"] = data["reason"]
+    elif data.get("reason") is not None:
+        log.warning("%s: reason=%r is not a string; treated as missing", path, data["reason"])
+    return done
 
 
 def check_config(run_dir: Path, key: tuple) -> None:
@@ -77,7 +108,14 @@ def check_config(run_dir: Path, key: tuple) -> None:
     path = run_dir / "config.json"
     if not path.exists():
         return
-    cfg = json.loads(path.read_text())
+    try:
+        cfg = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        log.warning("%s: not JSON; the run is known by its directory only", path)
+        return
+    if not isinstance(cfg, dict):
+        log.warning("%s: not a JSON object; the run is known by its directory only", path)
+        return
     for field, want in zip(RUN_KEY, key):
         if field in cfg and str(cfg[field]) != str(want):
             raise ValueError(f"{path}: {field}={cfg[field]!r} but the directory says {want!r}")
@@ -107,7 +145,7 @@ def collect(results_dir: str | Path, expected: Iterable[tuple] | None = None) ->
             row.update(n_evals=len(ev), last_env_step=ev["env_step"].iloc[-1],
                        last_wall_clock_s=ev["wall_clock_s"].iloc[-1])
         elif done is not None:
-            log.warning("%s: complete but has no evaluations", d)
+            log.warning("%s: complete (DONE) but without a usable evaluation; left out of every estimate", d)
         if key not in expected and expected:
             log.info("%s: found but not in the study config", d)
         run_rows.append(row)
@@ -133,27 +171,52 @@ def tidy_scores(scores: pd.DataFrame) -> pd.DataFrame:
                               kind="stable").reset_index(drop=True)
 
 
-def load_published(files: Iterable[str | Path], tasks: Iterable[str] | None = None,
-                   bin_every: int | None = None) -> pd.DataFrame:
-    """Published reference scores as rows of the tidy table (source = "published").
+PUBLISHED_CSV_COLUMNS = {"env_step": Numeric(lo=0, required=True),
+                         "return": Numeric(lo=0, hi=MAX_RETURN + 1e-6, required=True),
+                         "score": Numeric(lo=0, hi=1 + 1e-9, may_be_empty=True),
+                         "wall_clock_s": Numeric(lo=0, may_be_empty=True),
+                         "context_length": Numeric(lo=0, may_be_empty=True),
+                         "seed": Numeric(lo=0, may_be_empty=True)}
 
-    A `.csv` file is read as a tidy table (the columns of SCORE_COLUMNS; context_length and seed may be empty);
-    any other file (DreamerV3's `scores/*.json.gz`, a path or URL) goes through
-    `analysis.published.load_published(path, tasks=..., bin_every=...)`: only the given tasks (the study's; None:
-    all), points averaged into bins of `bin_every` env steps (the study's eval_every; None: as published).
+
+def load_published(files: Iterable[str | Path], tasks: Iterable[str] | None = None,
+                   bin_every: int | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Published reference scores as rows of the tidy table (source = "published"), and their status
+    (PUBLISHED_STATUS_COLUMNS: one row per file).
+
+    A `.csv` file is read as a tidy table (the columns of SCORE_COLUMNS; context_length and seed may be empty;
+    malformed rows and values are left out with a warning, as in eval.csv); any other file (DreamerV3's
+    `scores/*.json.gz`, a path or URL) goes through `analysis.published.load_published(path, tasks=...,
+    bin_every=...)`: only the given tasks (the study's; None: all), points averaged into bins of `bin_every` env
+    steps (the study's eval_every; None: as published). A file that cannot be had (a URL without a network, or the
+    workflow's note saying so) is `unavailable`: a warning, no rows, and the figures say so.
     Published rows count as complete; their context length is left empty."""
-    parts = []
+    from analysis.published import PublishedUnavailable, obs_of
+    from analysis.published import load_published as load
+
+    parts, status = [], []
     for f in files:
+        name = Path(str(f)).name
         if str(f).endswith(".csv"):
-            part = pd.read_csv(f, dtype={"method": str, "obs": str, "task": str, "source": str})
+            part = read_checked_csv(f, PUBLISHED_CSV_COLUMNS, text=["source", "method", "obs", "task", "complete"],
+                                    required_text=["method", "obs", "task"]).drop(columns="line")
+            if (part["source"] == "").any():
+                part.loc[part["source"] == "", "source"] = "published"
             if tasks is not None:
                 part = part[part["task"].isin(list(tasks))]
+            obs = ",".join(sorted(set(part["obs"])))
         else:
-            from analysis.published import load_published as load
-
-            part = load(f, tasks=tasks, bin_every=bin_every)
+            try:
+                part = load(f, tasks=tasks, bin_every=bin_every)
+            except PublishedUnavailable as e:
+                log.warning("published scores %s unavailable (%s); the figures are drawn without them", name, e)
+                status.append(dict(file=name, obs=obs_of(name), status="unavailable", rows=0, note=str(e)))
+                continue
+            obs = obs_of(name)
         parts.append(check_published(part, f))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=SCORE_COLUMNS)
+        status.append(dict(file=name, obs=obs, status="loaded", rows=len(part), note=""))
+    rows = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=SCORE_COLUMNS)
+    return rows, pd.DataFrame(status, columns=PUBLISHED_STATUS_COLUMNS)
 
 
 def check_published(rows: pd.DataFrame, origin: str | Path = "published rows") -> pd.DataFrame:
@@ -184,16 +247,38 @@ def with_published(scores: pd.DataFrame, published: pd.DataFrame) -> pd.DataFram
 
 
 def read_scores(path: str | Path) -> pd.DataFrame:
+    """scores.csv (collect's output, perhaps edited by hand): a row whose env_step, return or score is not a finite
+    number is left out with a warning naming its line."""
     scores = pd.read_csv(path, dtype={"method": str, "obs": str, "task": str, "source": str})
-    return tidy_scores(scores)
+    bad = pd.Series(False, index=scores.index)
+    for col in ("env_step", "return", "score"):
+        values = pd.to_numeric(scores[col], errors="coerce")
+        bad_col = ~np.isfinite(values.to_numpy(float))
+        if bad_col.any():
+            log.warning("%s: %s: %s is not a finite number; row(s) left out", path,
+                        lines_text((scores.index[bad_col] + 2).tolist()), col)
+        scores[col] = values
+        bad |= bad_col
+    return tidy_scores(scores[~bad])
+
+
+def read_published_status(results_dir: str | Path) -> pd.DataFrame:
+    """published.csv (no file: no published scores asked for)."""
+    path = Path(results_dir) / "published.csv"
+    if not path.exists():
+        return pd.DataFrame(columns=PUBLISHED_STATUS_COLUMNS)
+    return pd.read_csv(path, keep_default_na=False, dtype={"file": str, "obs": str, "status": str, "note": str})
 
 
 def read_runs(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"done_reason": str}, keep_default_na=False, na_values=[""])
 
 
-def write_collect(results_dir: str | Path, scores: pd.DataFrame, runs: pd.DataFrame) -> list[Path]:
+def write_collect(results_dir: str | Path, scores: pd.DataFrame, runs: pd.DataFrame,
+                  published: pd.DataFrame | None = None) -> list[Path]:
     results_dir = Path(results_dir)
+    published = pd.DataFrame(columns=PUBLISHED_STATUS_COLUMNS) if published is None else published
     return [atomic_to_csv(scores, results_dir / "scores.csv"),
             atomic_to_csv(runs, results_dir / "runs.csv"),
-            atomic_to_csv(runs[runs["status"] != "complete"], results_dir / "incomplete.csv")]
+            atomic_to_csv(runs[runs["status"] != "complete"], results_dir / "incomplete.csv"),
+            atomic_to_csv(published[PUBLISHED_STATUS_COLUMNS], results_dir / "published.csv")]

@@ -5,8 +5,18 @@ Definitions used throughout (all in normalised score = return / 1000):
   experiment that stopped at their budget, DONE reason "env_steps"). An evaluation counts as "within the budget"
   if env_step <= 1.01 * B (1% slack for an evaluation that lands a few steps past the budget, e.g. through action
   repeat).
-- Final score of a run: its last evaluation within the budget. Only complete runs (DONE) enter the estimates;
-  a run stopped by the wall clock (Fig. 5) is scored at its last evaluation.
+- Final score of a run: its last evaluation within the budget. Only complete runs (DONE) enter the estimates.
+- Short runs: in an env-step experiment ("main": the runs are compared at the budget B) a run that did not get
+  there is left out of the final scores, the aggregates, the profiles, P(improvement) and the curves (a curve is
+  the IQM over one fixed set of runs; a short run would cut every run's curve at its last step), and is counted
+  and named in the coverage table and a warning. Short: DONE's env steps (without them: the last evaluation)
+  < B (e.g. stopped by the wall clock), or the last evaluation within the budget more than one evaluation
+  interval before B (the final evaluations missing or malformed); published runs: the last point < B, or more
+  than one interval before it. In a wall-clock experiment ("context", Fig. 5) a run stopped by the wall clock has
+  reached its budget: it is scored at its last evaluation and drawn in every figure.
+- Fewer than 2 runs in a cell (a task's runs, a score matrix's runs per task, either side of P(improvement)):
+  no interval can be estimated (a bootstrap of one run is that run: a zero-width "CI"); the point estimate is
+  kept, ci_low / ci_high are empty (NaN) and n_runs says how many runs there are.
 - Score matrix of a method: (runs x tasks) over the experiment's tasks. rliable needs the same number of runs
   per task: with n = the smallest number of complete runs of any task, each task contributes its n
   lowest-numbered seeds (the runs left out are logged). A method without a complete run on some task is left
@@ -40,6 +50,7 @@ METRICS = ("IQM", "Median", "Mean", "Optimality gap")
 TAUS = np.linspace(0.0, 1.0, 101)  # performance-profile thresholds (normalised score)
 BUDGET_SLACK = 1.01
 WALL_CLOCK_POINTS = 50
+MIN_RUNS_FOR_CI = 2  # a bootstrap over one run has zero width: no interval below this many runs
 REPS, SEED = 2000, 0
 COLUMNS = {  # estimates/<name>.csv
     "final": ["experiment", "source", "method", "context_length", "task", "seed", "env_step", "return", "score",
@@ -48,12 +59,13 @@ COLUMNS = {  # estimates/<name>.csv
                   "n_tasks", "reps", "seed"],
     "per_task": ["experiment", "method", "context_length", "task", "metric", "estimate", "ci_low", "ci_high",
                  "n_runs"],
-    "profiles": ["experiment", "method", "context_length", "tau", "fraction", "ci_low", "ci_high"],
+    "profiles": ["experiment", "method", "context_length", "tau", "fraction", "ci_low", "ci_high", "n_runs"],
     "improvement": ["experiment", "context_length", "method_x", "method_y", "probability", "ci_low", "ci_high",
                     "n_runs_x", "n_runs_y", "n_tasks"],
     "curves": ["experiment", "method", "context_length", "task", "x_kind", "x", "iqm", "ci_low", "ci_high",
                "n_runs"],
-    "coverage": ["experiment", "expected_runs", "complete_runs", "budget_env_steps"],
+    "coverage": ["experiment", "expected_runs", "complete_runs", "short_runs", "no_eval_runs", "left_out",
+                 "published_note", "budget_env_steps"],
 }
 
 
@@ -99,18 +111,27 @@ def iqm_per_point(scores: np.ndarray) -> np.ndarray:
     return flat[cut:flat.shape[0] - cut].mean(axis=0)
 
 
+def n_runs(data) -> int:
+    """Runs per task of one method's data (an array runs x tasks x ..., or a list of them: the fewest)."""
+    return min(d.shape[0] for d in data) if isinstance(data, (list, tuple)) else data.shape[0]
+
+
 def interval_estimate(data, func, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(point estimate, 2 x ... CI) of func on one method's data (an array, or a list of arrays)."""
+    """(point estimate, 2 x ... CI) of func on one method's data (an array, or a list of arrays); the CI is NaN
+    where there are fewer than MIN_RUNS_FOR_CI runs per task."""
     np.random.seed(seed)
     point, ci = library.get_interval_estimates({"m": data}, func, reps=reps)
-    return np.atleast_1d(point["m"]), np.asarray(ci["m"]).reshape(2, -1)
+    ci = np.asarray(ci["m"], dtype=float).reshape(2, -1)
+    return np.atleast_1d(point["m"]), ci if n_runs(data) >= MIN_RUNS_FOR_CI else np.full_like(ci, np.nan)
 
 
 def performance_profile(scores: np.ndarray, reps: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Score distribution (fraction of runs with score > tau, tau in TAUS) and its 2 x len(TAUS) CI."""
+    """Score distribution (fraction of runs with score > tau, tau in TAUS) and its 2 x len(TAUS) CI (NaN with
+    fewer than MIN_RUNS_FOR_CI runs per task)."""
     np.random.seed(seed)
     profile, ci = library.create_performance_profile({"m": scores}, TAUS, reps=reps)
-    return profile["m"], ci["m"]
+    ci = np.asarray(ci["m"], dtype=float)
+    return profile["m"], ci if n_runs(scores) >= MIN_RUNS_FOR_CI else np.full_like(ci, np.nan)
 
 
 # ---------------------------------------------------------------- which rows, which runs
@@ -182,6 +203,41 @@ def final_scores(rows: pd.DataFrame, b: float, done: pd.DataFrame | None = None)
     return final.sort_values(keys).reset_index(drop=True)
 
 
+RUN_ID = ["source", "method", "context_length", "task", "seed"]
+
+
+def short_runs(rows: pd.DataFrame, b: float, step: float, done: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The runs of `rows` that did not get to the budget b (module docstring, "Short runs"): one row per run with
+    RUN_ID, `reached` (env steps: DONE's, else the last evaluation's), `last_eval` (the last evaluation within the
+    budget; NaN if none) and `reason` (DONE's stop reason; "" for published runs)."""
+    ordered = rows.sort_values("env_step", kind="stable")
+    last = ordered.groupby(RUN_ID, dropna=False)["env_step"].max().rename("reached")
+    within = ordered[ordered["env_step"] <= BUDGET_SLACK * b].groupby(RUN_ID, dropna=False)["env_step"].max()
+    runs = pd.concat([last, within.rename("last_eval")], axis=1).reset_index()
+    runs["reason"] = ""
+    if done is not None and len(done):
+        d = done.assign(source="run")[RUN_ID + ["done_env_steps", "done_reason"]]
+        d = d.astype({"context_length": "Int64", "seed": "Int64"})
+        runs = runs.merge(d, how="left", on=RUN_ID)
+        runs["reached"] = runs["done_env_steps"].fillna(runs["reached"])
+        runs["reason"] = runs["done_reason"].fillna("").astype(str)
+        runs = runs.drop(columns=["done_env_steps", "done_reason"])
+    short = (runs["reached"] < b) | (runs["last_eval"] < b - step)
+    return runs[short.fillna(False)].reset_index(drop=True)
+
+
+def run_name(r) -> str:
+    """'rssm walker-walk ctx32 seed2' (a published run: 'dreamerv3 (published) walker-walk seed2')."""
+    ctx = "" if pd.isna(r["context_length"]) or r["source"] == "published" else f" ctx{int(r['context_length'])}"
+    return f"{r['method']} {r['task']}{ctx} seed{int(r['seed'])}"
+
+
+def short_name(r) -> str:
+    why = f"{r['reason']} " if r["reason"] else ""
+    last = "no evaluation" if pd.isna(r["last_eval"]) else f"last evaluation at {r['last_eval']:g}"
+    return f"{run_name(r)} (stopped {why}at {r['reached']:g} env steps, {last})"
+
+
 def select_runs(final: pd.DataFrame, tasks: tuple[str, ...], label: str = "") -> dict[str, list[int]] | None:
     """Seeds per task for a rectangular (runs x tasks) matrix: the n lowest seeds of each task, n = the
     smallest count; None if some task has no run."""
@@ -223,9 +279,11 @@ def curve_grid(runs: list[pd.DataFrame], x: str, step: float, cap: float) -> np.
 def curve_array(rows: pd.DataFrame, selection: dict[str, list[int]], x: str, step: float, cap: float):
     """(grid, runs x tasks x grid) of scores interpolated onto the common grid; (None, None) if it is empty."""
     curves = {}
-    for (t, s), r in rows.groupby(["task", "seed"]):
+    for (t, s), r in rows.dropna(subset=[x, "score"]).groupby(["task", "seed"]):
         r = r.sort_values(x).drop_duplicates(x, keep="last")
         curves[(t, int(s))] = r
+    if any((t, s) not in curves for t, seeds in selection.items() for s in seeds):
+        return None, None  # a run without any value of x (e.g. no wall clock: converted DreamerV3 logs)
     chosen = [[curves[(t, seeds[i])] for t, seeds in selection.items()]
               for i in range(len(next(iter(selection.values()))))]
     grid = curve_grid([r for row in chosen for r in row], x, step, cap)
@@ -238,11 +296,11 @@ def curve_array(rows: pd.DataFrame, selection: dict[str, list[int]], x: str, ste
 
 # ---------------------------------------------------------------- one experiment
 def estimate_experiment(scores: pd.DataFrame, runs: pd.DataFrame, exp: Experiment, settings: Settings,
-                        from_config: bool) -> dict[str, pd.DataFrame]:
+                        from_config: bool, published: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """All estimates of one experiment, as DataFrames named like ESTIMATE_FILES."""
     rows = experiment_rows(scores, exp)
     out = {k: [] for k in ESTIMATE_FILES}
-    out["coverage"] = [coverage(exp, runs, from_config, settings)]
+    out["coverage"] = [coverage(exp, runs, from_config, settings, published)]
     if not rows["source"].eq("run").any():
         log.warning("%s: no complete runs; no estimates", exp.name)
         return _frames(out)
@@ -252,6 +310,22 @@ def estimate_experiment(scores: pd.DataFrame, runs: pd.DataFrame, exp: Experimen
     out["coverage"][0]["budget_env_steps"] = b
     step = grid_step(rows, settings)
     rows = published_on_grid(rows, step)
+    if exp.kind == "main":
+        short = short_runs(rows, b, step, done)
+        if len(short):
+            names = [short_name(r) for _, r in short.iterrows()]
+            log.warning("%s: %d run(s) short of the env-step budget of %g, left out of the final scores, "
+                        "aggregates, profiles, P(improvement) and curves: %s", exp.name, len(short), b,
+                        "; ".join(names))
+            ours = short[short["source"].eq("run")]
+            out["coverage"][0]["short_runs"] = len(ours)
+            out["coverage"][0]["left_out"] = "; ".join(filter(None, [out["coverage"][0]["left_out"], *names]))
+            if len(ours) < len(short):
+                out["coverage"][0]["published_note"] = "; ".join(filter(None, [
+                    out["coverage"][0]["published_note"], f"{len(short) - len(ours)} published run(s) end "
+                    f"before the budget, left out"]))
+            keep = rows.merge(short[RUN_ID].assign(_short=True), how="left", on=RUN_ID)["_short"].isna()
+            rows = rows[keep.to_numpy()]
     rows = rows.assign(wall_clock_h=rows["wall_clock_s"] / 3600.0)
     # grid over the budget, or over the span the runs reached when they all stopped well before it
     wall_reached = rows["wall_clock_h"].max()
@@ -290,8 +364,8 @@ def estimate_experiment(scores: pd.DataFrame, runs: pd.DataFrame, exp: Experimen
                                          n_runs=m.shape[0], n_tasks=m.shape[1], reps=rs, seed=seed))
         if exp.kind == "main":
             prof, pci = performance_profile(m, rs, seed)
-            out["profiles"] += [dict(ids, tau=t, fraction=prof[i], ci_low=pci[0, i], ci_high=pci[1, i])
-                                for i, t in enumerate(TAUS)]
+            out["profiles"] += [dict(ids, tau=t, fraction=prof[i], ci_low=pci[0, i], ci_high=pci[1, i],
+                                     n_runs=m.shape[0]) for i, t in enumerate(TAUS)]
         out["curves"] += curve_rows(r, sel, "env_step", step, b, ids, "aggregate", settings)
         if exp.kind == "context":
             out["curves"] += curve_rows(r, sel, "wall_clock_h", wall_step, np.inf, ids, "aggregate", settings)
@@ -306,7 +380,8 @@ def _frames(out: dict[str, list[dict]]) -> dict[str, pd.DataFrame]:
 def curve_rows(rows, selection, x, step, cap, ids, task, settings) -> list[dict]:
     grid, arr = curve_array(rows, selection, x, step, cap)
     if grid is None:
-        log.warning("%s: no common %s range for the curve of %s", ids["experiment"], x, dict(ids, task=task))
+        log.warning("%s: no common %s range (or a run without %s values) for the curve of %s",
+                    ids["experiment"], x, x, dict(ids, task=task))
         return []
     point, ci = interval_estimate(arr, iqm_per_point, settings.reps, settings.seed)
     return [dict(ids, task=task, x_kind=x, x=g, iqm=point[i], ci_low=ci[0, i], ci_high=ci[1, i],
@@ -327,30 +402,53 @@ def improvement_rows(exp: Experiment, matrices: dict, settings: Settings) -> lis
     return rows
 
 
-def coverage(exp: Experiment, runs: pd.DataFrame, from_config: bool, settings: Settings) -> dict:
-    """How many of the experiment's runs are complete (expected by the config, or found)."""
+def coverage(exp: Experiment, runs: pd.DataFrame, from_config: bool, settings: Settings,
+             published: pd.DataFrame | None = None) -> dict:
+    """How many of the experiment's runs are complete (expected by the config, or found), how many of those have
+    no usable evaluation (left out; named), and the note on unavailable published scores of its observation type
+    (main experiments). `short_runs` is filled in by `estimate_experiment`."""
     match = runs[runs["obs"].eq(exp.obs) & runs["task"].isin(exp.tasks) & runs["method"].isin(exp.methods)
                  & runs["context_length"].isin(exp.context_lengths) & runs["seed"].isin(exp.seeds)]
     status = {tuple(r[k] for k in RUN_KEY): r["status"] for _, r in match.iterrows()}
     keys = set(status) | (set(exp.expected_runs()) if from_config else set())
     complete = sum(status.get(k) == "complete" for k in keys)
-    return dict(experiment=exp.name, expected_runs=len(keys), complete_runs=complete,
+    no_eval = match[match["status"].eq("complete") & match["n_evals"].fillna(0).eq(0)]
+    names = [f"{r['method']} {r['task']} ctx{int(r['context_length'])} seed{int(r['seed'])} (no evaluation)"
+             for _, r in no_eval.iterrows()]
+    note = ""
+    if exp.kind == "main" and published is not None and len(published):
+        gone = published[published["status"].eq("unavailable") & published["obs"].isin([exp.obs, ""])]
+        if len(gone):
+            note = "without published scores: unavailable offline"
+            log.warning("%s: drawn without published scores %s (unavailable: %s)", exp.name,
+                        ", ".join(gone["file"]), "; ".join(gone["note"]))
+    return dict(experiment=exp.name, expected_runs=len(keys), complete_runs=complete, short_runs=0,
+                no_eval_runs=len(no_eval), left_out="; ".join(names), published_note=note,
                 budget_env_steps=settings.env_steps)
 
 
 def coverage_note(coverage: pd.DataFrame, experiment: str) -> str:
-    """'incomplete: k of n runs' for an experiment with runs missing or running, else ''."""
+    """What a figure or table of the experiment must say about its runs: 'incomplete: k of n runs' for missing or
+    running runs, 's short of the budget, left out', 'e without evaluations, left out', and the note on
+    published scores; '' if nothing is amiss."""
     c = coverage[coverage["experiment"] == experiment] if len(coverage) else coverage
     if c.empty:
         return ""
-    k, n = int(c["complete_runs"].iloc[0]), int(c["expected_runs"].iloc[0])
-    return f"incomplete: {k} of {n} runs" if k < n else ""
+    c = c.iloc[0]
+    k, n = int(c["complete_runs"]), int(c["expected_runs"])
+    short, no_eval = (int(c.get(col, 0)) if pd.notna(c.get(col, 0)) else 0 for col in ("short_runs", "no_eval_runs"))
+    parts = [f"incomplete: {k} of {n} runs" if k < n else "",
+             f"{short} run{'s' if short > 1 else ''} short of the budget, left out" if short else "",
+             f"{no_eval} run{'s' if no_eval > 1 else ''} without evaluations, left out" if no_eval else "",
+             str(c.get("published_note", "")) if pd.notna(c.get("published_note", "")) else ""]
+    return "; ".join(p for p in parts if p)
 
 
 # ---------------------------------------------------------------- all experiments
 def estimate_all(scores: pd.DataFrame, runs: pd.DataFrame, experiments: list[Experiment], settings: Settings,
-                 from_config: bool) -> dict[str, pd.DataFrame]:
-    parts = [estimate_experiment(scores, runs, e, settings, from_config) for e in experiments]
+                 from_config: bool, published: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """`published`: the status of the published score files (collect's published.csv), for the coverage notes."""
+    parts = [estimate_experiment(scores, runs, e, settings, from_config, published) for e in experiments]
     out = {}
     for name in ESTIMATE_FILES:
         frames = [p[name] for p in parts if len(p[name])]
@@ -365,4 +463,8 @@ def write_estimates(results_dir: str | Path, estimates: dict[str, pd.DataFrame])
 
 def read_estimates(results_dir: str | Path) -> dict[str, pd.DataFrame]:
     d = Path(results_dir) / "estimates"
-    return {name: pd.read_csv(d / f"{name}.csv") for name in ESTIMATE_FILES}
+    out = {name: pd.read_csv(d / f"{name}.csv") for name in ESTIMATE_FILES}
+    for col in ("left_out", "published_note"):  # text columns: empty is "", not NaN
+        if col in out["coverage"]:
+            out["coverage"][col] = out["coverage"][col].fillna("").astype(str)
+    return out

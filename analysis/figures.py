@@ -15,7 +15,9 @@ analysis/plan.py):
   `<prefix>_improvement`.
 - `fig6_update_step` (Fig. 6): forward and update time vs context length, from bench/update_step.json.
 A figure whose data is missing is still written (the list of files depends on the study config only) and says
-so on its canvas; a figure of an incomplete study says "incomplete: k of n runs" in its title.
+so on its canvas; a figure of an incomplete study says "incomplete: k of n runs" in its title (and what was left
+out: runs short of the budget, runs without evaluations, published scores unavailable offline). Data without an
+interval (fewer than 2 runs) is drawn as its point estimate without a band or bar and labelled "(n=1)".
 """
 from __future__ import annotations
 
@@ -37,7 +39,7 @@ from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
-from analysis.estimates import METRICS, Settings, coverage_note  # noqa: E402
+from analysis.estimates import METRICS, MIN_RUNS_FOR_CI, Settings, coverage_note  # noqa: E402
 from analysis.plan import (ABLATIONS, PUBLISHED_SUFFIX, UPDATE_STEP_FIGURE, Experiment,  # noqa: E402
                            display_name, expected_figures, sort_methods)
 from rl.io import atomic_write_bytes  # noqa: E402
@@ -89,6 +91,11 @@ def _line_style(method: str) -> dict:
     else:
         dashes = ABLATION_DASHES.get(method, ())
     return dict(color=method_color(method), dashes=dashes)
+
+
+def _n_label(label: str, n) -> str:
+    """The label of data without an interval says how many runs it has: 'KalMamba (n=1)'."""
+    return f"{label} (n={int(n)})" if pd.notna(n) and n < MIN_RUNS_FOR_CI else label
 
 
 def _style():
@@ -165,13 +172,15 @@ def aggregate_figure(aggregate: pd.DataFrame, methods: list[str], title: str, no
             d = aggregate[aggregate["metric"] == metric].set_index("method")
             for i, m in enumerate(methods):
                 r = d.loc[m]
-                ax.barh(i, r["ci_high"] - r["ci_low"], left=r["ci_low"], height=0.65, color=method_color(m),
-                        alpha=0.8, hatch="///" if m.endswith(PUBLISHED_SUFFIX) else None, edgecolor="white", lw=0)
+                if pd.notna(r["ci_low"]):
+                    ax.barh(i, r["ci_high"] - r["ci_low"], left=r["ci_low"], height=0.65, color=method_color(m),
+                            alpha=0.8, hatch="///" if m.endswith(PUBLISHED_SUFFIX) else None, edgecolor="white",
+                            lw=0)
                 ax.vlines(r["estimate"], i - 0.36, i + 0.36, color="black", lw=1.0, clip_on=False)
             ax.use_sticky_edges = False   # bars stick to their left end otherwise: the lowest CI would touch the frame
             ax.margins(x=0.05)
             ax.set_title(metric)
-            ax.set_yticks(range(n), [display_name(m) for m in methods])
+            ax.set_yticks(range(n), [_n_label(display_name(m), d.loc[m, "n_runs"]) for m in methods])
             ax.set_ylim(n - 0.5, -0.5)
             ax.grid(axis="y", visible=False)
             ax.xaxis.set_major_locator(MaxNLocator(4))
@@ -192,7 +201,8 @@ def curves_figure(curves: pd.DataFrame, methods: list[str], tasks: list[str], ti
                 c = curves[(curves["method"] == m) & (curves["task"] == panel)].sort_values("x")
                 if c.empty:
                     continue
-                ax.plot(c["x"], 1000 * c["iqm"], **_line_style(m), label=display_name(m))
+                ax.plot(c["x"], 1000 * c["iqm"], **_line_style(m),
+                        label=_n_label(display_name(m), c["n_runs"].min()))
                 ax.fill_between(c["x"], 1000 * c["ci_low"], 1000 * c["ci_high"], color=method_color(m),
                                 alpha=0.2, lw=0)
             ax.set_title("all tasks" if panel == "aggregate" else panel)
@@ -217,7 +227,8 @@ def profiles_figure(profiles: pd.DataFrame, methods: list[str], title: str, note
             p = profiles[profiles["method"] == m].sort_values("tau")
             if p.empty:
                 continue
-            ax.plot(p["tau"], p["fraction"], **_line_style(m), label=display_name(m))
+            ax.plot(p["tau"], p["fraction"], **_line_style(m),
+                    label=_n_label(display_name(m), p["n_runs"].min() if "n_runs" in p else None))
             ax.fill_between(p["tau"], p["ci_low"], p["ci_high"], color=method_color(m), alpha=0.2, lw=0)
         ax.set_xlabel(r"normalised score $\tau$")
         ax.set_ylabel(r"fraction of runs with score $> \tau$")
@@ -233,14 +244,16 @@ def improvement_figure(improvement: pd.DataFrame, title: str, note: str = "", wi
     imp = improvement.copy()
     imp["order"] = imp["method_y"].map({m: i for i, m in enumerate(sort_methods(imp["method_y"]))})
     imp = imp.sort_values(["context_length", "order"] if with_context else ["order"])
-    labels = [display_name(r.method_y) + (f", L={r.context_length}" if with_context else "")
-              for r in imp.itertuples()]
+    labels = [_n_label(display_name(r.method_y) + (f", L={r.context_length}" if with_context else ""),
+                       min(r.n_runs_x, r.n_runs_y)) for r in imp.itertuples()]
     n = len(imp)
     with _style():
         fig, ax = plt.subplots(figsize=(COLUMN_WIDTH, 0.75 + 0.2 * n), layout="constrained")
         for i, r in enumerate(imp.itertuples()):
-            ax.barh(i, r.ci_high - r.ci_low, left=r.ci_low, height=0.65, color=method_color(r.method_y), alpha=0.8,
-                    hatch="///" if r.method_y.endswith(PUBLISHED_SUFFIX) else None, edgecolor="white", lw=0)
+            if pd.notna(r.ci_low):
+                ax.barh(i, r.ci_high - r.ci_low, left=r.ci_low, height=0.65, color=method_color(r.method_y),
+                        alpha=0.8, hatch="///" if r.method_y.endswith(PUBLISHED_SUFFIX) else None,
+                        edgecolor="white", lw=0)
             ax.vlines(r.probability, i - 0.36, i + 0.36, color="black", lw=1.0, clip_on=False)
         ax.axvline(0.5, color="0.3", ls=":", lw=0.8)
         ax.set_yticks(range(n), labels)
@@ -265,7 +278,8 @@ def context_curves_figure(curves: pd.DataFrame, methods: list[str], context_leng
                            & (curves["x_kind"] == x_kind)].sort_values("x")
                 if c.empty:
                     continue
-                ax.plot(c["x"], 1000 * c["iqm"], **_line_style(m), label=display_name(m))
+                ax.plot(c["x"], 1000 * c["iqm"], **_line_style(m),
+                        label=_n_label(display_name(m), c["n_runs"].min()))
                 ax.fill_between(c["x"], 1000 * c["ci_low"], 1000 * c["ci_high"], color=method_color(m),
                                 alpha=0.2, lw=0)
             ax.set_title(f"context length {ctx}")
@@ -321,7 +335,7 @@ def by_length_figure(curves: pd.DataFrame, methods: list[str], context_lengths: 
                     ax.plot(c["x"], 1000 * c["iqm"], color=st["color"], dashes=st["dashes"])
                     ax.fill_between(c["x"], 1000 * c["ci_low"], 1000 * c["ci_high"], color=st["color"], alpha=0.15,
                                     lw=0)
-                ax.set_title(display_name(m))
+                ax.set_title(_n_label(display_name(m), curves.loc[curves["method"] == m, "n_runs"].min()))
                 _return_axis(ax)
                 ax.xaxis.set_major_formatter(EngFormatter(sep="") if x_kind == "env_step" else HOURS)
                 ax.xaxis.set_major_locator(MaxNLocator(3 if x_kind == "wall_clock_h" else 4))
@@ -382,6 +396,13 @@ def update_step_figure(bench: dict) -> Figure:
                if c not in res]
     if missing:
         raise ValueError(f"benchmark JSON: results lack key(s) {missing}")
+    for col in ("forward_s", "update_s"):  # a time that is not a finite number > 0 is missing ("not timed")
+        t = pd.to_numeric(res[col], errors="coerce")
+        bad = (t.isna() | ~np.isfinite(t) | (t <= 0)) & res[col].notna()
+        if bad.any():
+            log.warning("benchmark JSON: results %s: %s is not a finite number > 0 (%s); treated as missing",
+                        list(res.index[bad]), col, list(res.loc[bad, col])[:3])
+        res[col] = t.where(~bad)
     by = ["device", "batch_size", "obs"]
     combos = list(res.groupby(by).groups)
     multi = len(combos) > 1

@@ -189,7 +189,7 @@ def expected_tables(study_cfg: dict[str, Any] | str | Path) -> list[str]:
 def expected_outputs(study_cfg: dict[str, Any] | str | Path) -> list[str]:
     """Every file `python -m analysis all` writes, relative to `--results`."""
     cfg = _as_dict(study_cfg)
-    return (["scores.csv", "incomplete.csv", "runs.csv"]
+    return (["scores.csv", "incomplete.csv", "runs.csv", "published.csv"]
             + [f"estimates/{n}.csv" for n in ESTIMATE_FILES]
             + [f"figures/{f}.{ext}" for f in expected_figures(cfg) for ext in ("pdf", "png")]
             + [f"tables/{t}.{ext}" for t in expected_tables(cfg) for ext in ("md", "tex")])

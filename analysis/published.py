@@ -16,6 +16,11 @@ obs from the suite (`dmc_vision` -> `pixels`; `dmc_proprio` -> `proprio`: clean 
 experiment has, so they never mix with `noisy_state` runs), task in kalbench's spelling (`walker-walk`),
 context_length empty (published methods have none), seed from the file, env_step, wall_clock_s NaN,
 return, score = return / 1000, complete True.
+
+Offline: a file fetched from a URL without a network is `PublishedUnavailable`. The CLI's
+`--note-if-unavailable` (the workflow's rule `published_scores`) then writes, in the file's place, a small JSON
+note `{"unavailable": "<why>", "source": "<url>"}`; reading that note raises `PublishedUnavailable` again, and
+the analysis draws its figures without the file and says so. Delete the note to fetch the file on the next run.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ import hashlib
 import io
 import json
 import re
+import sys
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -60,6 +67,16 @@ COLUMNS = ["source", "method", "obs", "task", "context_length", "seed", "env_ste
 _NAME = re.compile(r"^(?P<suite>[a-z0-9_]+)-(?P<method>[A-Za-z0-9_.]+)\.json(\.gz)?$")
 
 
+class PublishedUnavailable(OSError):
+    """A published score file that cannot be had here: a URL without a network (or the note saying so)."""
+
+
+def obs_of(name: str) -> str:
+    """The observation type of a score file's rows, from its name (`SUITE_OBS`); "" if not a known suite."""
+    m = _NAME.match(name)
+    return SUITE_OBS.get(m["suite"], "") if m else ""
+
+
 def pinned_url(name: str) -> str:
     """The URL of one score file of DreamerV3 at the pinned commit, e.g. `dmc_vision-dreamerv3.json.gz`."""
     if not _NAME.match(name):
@@ -71,7 +88,13 @@ def read_bytes(path_or_url: str | Path, timeout: float = 60.0) -> bytes:
     """The file's bytes: a local path, or an http(s)/file URL."""
     text = str(path_or_url)
     scheme = urllib.parse.urlparse(text).scheme
-    if scheme in ("http", "https", "file"):
+    if scheme in ("http", "https"):
+        try:
+            with urllib.request.urlopen(text, timeout=timeout) as response:
+                return response.read()
+        except (urllib.error.URLError, OSError) as e:  # no network, no route, refused, timed out, HTTP error
+            raise PublishedUnavailable(f"{text}: {getattr(e, 'reason', e)}") from e
+    if scheme == "file":
         with urllib.request.urlopen(text, timeout=timeout) as response:
             return response.read()
     path = Path(text)
@@ -88,6 +111,8 @@ def parse_runs(data: bytes, origin: str = "<bytes>") -> list[dict]:
         runs = json.load(io.BytesIO(raw))
     except json.JSONDecodeError as e:
         raise ValueError(f"{origin}: not JSON ({e})") from e
+    if isinstance(runs, dict) and "unavailable" in runs:
+        raise PublishedUnavailable(f"{runs['unavailable']} (note {origin})")
     if not isinstance(runs, list):
         raise ValueError(f"{origin}: a score file is a JSON list of runs, got {type(runs).__name__}")
     for i, run in enumerate(runs):
@@ -175,9 +200,19 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m analysis.published", description=main.__doc__.split("\n")[0])
     p.add_argument("source", help="score file: path or http(s)/file URL")
     p.add_argument("--out", required=True, help="where to write the checked copy (its name says which file it is)")
+    p.add_argument("--note-if-unavailable", action="store_true",
+                   help="a URL that cannot be fetched (no network): write a note saying so to --out, exit 0")
     a = p.parse_args(argv)
     name = Path(a.out).name
-    data = read_bytes(a.source)
+    try:
+        data = read_bytes(a.source)
+    except PublishedUnavailable as e:
+        if not a.note_if_unavailable:
+            raise
+        atomic_write_bytes(a.out, (json.dumps({"unavailable": str(e), "source": str(a.source)}) + "\n").encode())
+        print(f"warning: {e}; wrote a note to {a.out}: the figures are drawn without {name} "
+              f"(delete it to fetch again)", file=sys.stderr)
+        return 0
     digest = check_pinned(name, data)
     runs = parse_runs(data, a.source)
     atomic_write_bytes(a.out, data)

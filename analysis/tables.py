@@ -2,6 +2,8 @@
 Markdown and LaTeX (booktabs). One table per experiment: `tables/final_<experiment>.{md,tex}`.
 
 Returns are shown (= 1000 x normalised score); the aggregate column is the IQM over runs x tasks (rliable).
+A cell without an interval (fewer than 2 runs: analysis/estimates.py, MIN_RUNS_FOR_CI) says how many runs it
+has instead, e.g. `800 (n=1)`; the caption says what was left out (analysis.estimates.coverage_note).
 """
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ MISSING = "–"
 
 
 def _cell(row) -> str:
+    """'812 [700, 901]', or '800 (n=1)' where no interval could be estimated."""
+    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
+        return f"{1000 * row['estimate']:.0f} (n={int(row['n_runs'])})"
     return f"{1000 * row['estimate']:.0f} [{1000 * row['ci_low']:.0f}, {1000 * row['ci_high']:.0f}]"
 
 
@@ -45,9 +50,11 @@ def final_table(per_task: pd.DataFrame, aggregate: pd.DataFrame, exp: Experiment
     return pd.DataFrame(rows, columns=columns)
 
 
-def caption(exp: Experiment, note: str = "") -> str:
+def caption(exp: Experiment, note: str = "", without_ci: bool = False) -> str:
+    """`without_ci`: some cell has too few runs for an interval (it shows n= instead)."""
     ctx = ", ".join(str(c) for c in exp.context_lengths)
-    return (f"{exp.name}: final return, IQM over runs [95% stratified-bootstrap CI]; context length {ctx}; "
+    n = "; (n=...): too few runs for an interval" if without_ci else ""
+    return (f"{exp.name}: final return, IQM over runs [95% stratified-bootstrap CI{n}]; context length {ctx}; "
             f"aggregate = IQM over runs x tasks (x 1000)." + (f" ({note})" if note else ""))
 
 
@@ -81,7 +88,9 @@ def write_tables(results_dir: str | Path, est: dict[str, pd.DataFrame], experime
     paths = []
     for exp in experiments:
         table = final_table(est.get("per_task", pd.DataFrame()), est.get("aggregate", pd.DataFrame()), exp)
-        title = caption(exp, coverage_note(est.get("coverage", pd.DataFrame()), exp.name))
+        without_ci = table.drop(columns=["Method", "Context"], errors="ignore").apply(
+            lambda col: col.str.contains("(n=", regex=False)).to_numpy().any()
+        title = caption(exp, coverage_note(est.get("coverage", pd.DataFrame()), exp.name), bool(without_ci))
         paths.append(atomic_write_text(out / f"final_{exp.name}.md", to_markdown(table, title)))
         paths.append(atomic_write_text(out / f"final_{exp.name}.tex", to_latex(table, title, f"tab:final_{exp.name}")))
     return paths

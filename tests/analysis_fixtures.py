@@ -134,3 +134,45 @@ def make_published(path: Path, study: dict = STUDY) -> pd.DataFrame:
     path.parent.mkdir(parents=True, exist_ok=True)
     df.to_csv(path, index=False)
     return df
+
+
+# ---------------------------------------------------------------- small studies for the issue-13 cases
+SMALL_BUDGET, SMALL_EVERY = 100_000, 20_000
+
+
+def small_study(seeds: list[int], main: dict, context: dict | None = None) -> dict:
+    """A study config with one main experiment (named after its obs) and optionally a context experiment; budget
+    100k env steps, an evaluation every 20k, 1 h wall clock."""
+    experiments = {main["obs"]: {**main, "context_lengths": [32]}}
+    if context:
+        experiments["context"] = context
+    return {"study": "small", "seeds": seeds, "main_context_length": 32, "experiments": experiments,
+            "train": {"env_steps": SMALL_BUDGET, "eval_every": SMALL_EVERY, "wall_clock_hours": 1.0},
+            "analysis": {"bootstrap_reps": 50, "seed": 0}}
+
+
+def ramp(final_return: float, upto: int = SMALL_BUDGET, budget: int = SMALL_BUDGET) -> pd.DataFrame:
+    """Evaluations every 20k env steps from 0 to `upto`: return rising linearly to `final_return` at the budget
+    (so a run stopped at 40k of a 900 ramp returns 360); 0.02 s of wall clock per env step."""
+    steps = np.arange(0, upto + 1, SMALL_EVERY)
+    return pd.DataFrame({"env_step": steps, "wall_clock_s": 0.02 * steps + 5.0,
+                         "return_mean": final_return * steps / budget})
+
+
+def write_small_run(root: Path, key: tuple, ev: pd.DataFrame | str | None, reached: int | None = SMALL_BUDGET,
+                    reason: str = "env_steps") -> Path:
+    """A run directory: eval.csv from a DataFrame (or raw text, or none), DONE with `reached` env steps and the
+    stop reason (no DONE if reached is None)."""
+    obs, task, method, ctx, seed = key
+    d = root / "runs" / obs / task / method / f"ctx{ctx}" / f"seed{seed}"
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"obs": obs, "task": task, "method": method, "context_length": ctx,
+                                               "seed": seed, "provenance": "synthetic test fixture"}))
+    if isinstance(ev, pd.DataFrame):
+        ev.assign(return_std=10.0, episodes=5).to_csv(d / "eval.csv", index=False)
+    elif isinstance(ev, str):
+        (d / "eval.csv").write_text(ev)
+    if reached is not None:
+        (d / "DONE").write_text(json.dumps({"final_return": 0.0, "env_steps": reached,
+                                            "wall_clock_s": 0.02 * reached + 5.0, "reason": reason}))
+    return d

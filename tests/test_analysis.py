@@ -7,6 +7,7 @@ are computed here from the fixture's ground truth, without the analysis package'
 from __future__ import annotations
 
 import io
+import logging
 import re
 
 import matplotlib
@@ -18,8 +19,9 @@ from rliable import library, metrics
 
 from analysis import collect, estimates, figures, plan
 from analysis.__main__ import main
-from tests.analysis_fixtures import (BUDGET, EVAL_EVERY, MISSING, PAST_BUDGET, PUBLISHED_EVERY, RUNNING, SLOW,
-                                     make_published, make_study)
+from tests.analysis_fixtures import (BUDGET, EVAL_EVERY, MISSING, PAST_BUDGET, PUBLISHED_EVERY, RUNNING,
+                                     SLOW, SMALL_BUDGET, make_published, make_study, ramp, small_study,
+                                     write_small_run)
 
 REPS, SEED = 50, 3
 METRIC_FUNCS = (metrics.aggregate_iqm, metrics.aggregate_median, metrics.aggregate_mean,
@@ -130,6 +132,15 @@ def test_incomplete_and_missing_runs_are_listed(study):
     scores, found = collect.collect(study["root"])
     assert set(found.loc[found["status"] != "complete", "seed"]) == {RUNNING[4]}
     assert (found["status"] == "running").sum() == 1 and len(found) == len(study["truth"]) + 1
+
+
+def test_unreadable_run_config_is_a_warning(tmp_path, caplog):
+    d = collect.run_path(tmp_path / "runs", "pixels", "walker-walk", "rssm", 32, 0)
+    d.mkdir(parents=True)
+    (d / "config.json").write_text('{"method": "rssm", "se')  # torn
+    with caplog.at_level("WARNING"):
+        _, runs = collect.collect(tmp_path)
+    assert runs["status"].tolist() == ["running"] and "config.json: not JSON" in caplog.text
 
 
 def test_run_directory_disagreeing_with_its_config_is_an_error(tmp_path):
@@ -422,3 +433,322 @@ def test_experiments_inferred_without_a_config(study):
 def test_cli_rejects_bad_reps(study, capsys):
     with pytest.raises(ValueError, match="reps"):
         main(["estimates", "--results", str(study["root"]), "--reps", "0"])
+
+
+# ---------------------------------------------------------------- real-world inputs (issue 13)
+def analyse(root, cfg, *extra):
+    """`python -m analysis all` on a small study; returns the estimates."""
+    (root / "study.yaml").write_text(yaml.safe_dump(cfg))
+    main(["all", "--results", str(root), "--study-config", str(root / "study.yaml"), "--reps", str(REPS),
+          "--seed", str(SEED), *extra])
+    return estimates.read_estimates(root)
+
+
+def iqm_interval(scores: np.ndarray):
+    """rliable's IQM interval estimate of a (runs x tasks) matrix, seeded like the analysis."""
+    point, ci = seeded(library.get_interval_estimates, {"m": scores},
+                       lambda s: np.array([metrics.aggregate_iqm(s)]), reps=REPS)
+    return point["m"][0], ci["m"][:, 0]
+
+
+@pytest.fixture(scope="module")
+def short_study(tmp_path_factory):
+    """Noisy walker-walk, budget 100k, eval every 20k (tests/analysis_fixtures.py, small_study):
+    - kalmamba seeds 0, 1 reach 100k (return 900); seed 2 is stopped by the wall clock at 40k (return 360);
+    - rssm seeds 0-2 reach 100k (700, 650, 750); seed 0's eval.csv has `inf` at 40k, seed 1's its last row
+      (100k) `inf`: scored at 80k, one evaluation interval before the budget;
+    - vrkn seed 0 reaches 100k (800); seed 1's DONE says 100k but its rows at 80k and 100k are `inf` and `nan`
+      (its last evaluation, 60k, is more than one interval short: short); seed 2 has DONE but no eval.csv;
+    - context experiment: kalmamba at context 32 (the runs above) and 64 (3 full runs of 850)."""
+    root = tmp_path_factory.mktemp("short")
+    cfg = small_study([0, 1, 2], dict(obs="noisy_state", tasks=["walker-walk"], methods=["kalmamba", "rssm", "vrkn"]),
+                      dict(obs="noisy_state", tasks=["walker-walk"], methods=["kalmamba"], context_lengths=[32, 64]))
+    key = ("noisy_state", "walker-walk")
+    for seed in (0, 1):
+        write_small_run(root, (*key, "kalmamba", 32, seed), ramp(900))
+    write_small_run(root, (*key, "kalmamba", 32, 2), ramp(900, upto=40_000), reached=40_000, reason="wall_clock")
+    rssm = {s: ramp(level) for s, level in enumerate((700, 650, 750))}
+    rssm[0].loc[rssm[0]["env_step"] == 40_000, "return_mean"] = np.inf
+    rssm[1].loc[rssm[1]["env_step"] == 100_000, "return_mean"] = np.inf
+    for seed, ev in rssm.items():
+        write_small_run(root, (*key, "rssm", 32, seed), ev)
+    write_small_run(root, (*key, "vrkn", 32, 0), ramp(800))
+    vrkn1 = ramp(800).astype({"return_mean": object})
+    vrkn1.loc[vrkn1["env_step"] == 80_000, "return_mean"] = "-inf"
+    vrkn1.loc[vrkn1["env_step"] == 100_000, "return_mean"] = "nan"
+    write_small_run(root, (*key, "vrkn", 32, 1), vrkn1)
+    write_small_run(root, (*key, "vrkn", 32, 2), None)
+    for seed in (0, 1, 2):
+        write_small_run(root, (*key, "kalmamba", 64, seed), ramp(850))
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("analysis").addHandler(handler)  # module scope: no caplog
+    try:
+        est = analyse(root, cfg)
+    finally:
+        logging.getLogger("analysis").removeHandler(handler)
+    return dict(root=root, cfg=cfg, est=est, log="\n".join(r.getMessage() for r in records))
+
+
+def test_short_run_is_left_out_of_env_step_estimates(short_study):
+    est = short_study["est"]
+    of = {k: v[v["experiment"] == "noisy_state"] for k, v in est.items()}
+    fin = of["final"]
+    assert sorted(fin.loc[fin["method"] == "kalmamba", "seed"]) == [0, 1]
+    assert sorted(fin.loc[fin["method"] == "vrkn", "seed"]) == [0]
+    pt = of["per_task"].set_index("method")
+    point, ci = iqm_interval(np.array([[0.9], [0.9]]))
+    assert_matches(pt.loc["kalmamba", ["estimate", "ci_low", "ci_high"]].to_numpy(float), point, ci)
+    assert pt.loc["kalmamba", "n_runs"] == 2 and point == pytest.approx(0.9)
+    agg = of["aggregate"]
+    assert (agg.loc[agg["method"] == "kalmamba", "n_runs"] == 2).all()
+    assert (of["profiles"].loc[of["profiles"]["method"] == "kalmamba", "n_runs"] == 2).all()
+    imp = of["improvement"].set_index("method_y")
+    assert imp.loc["rssm", "n_runs_x"] == 2
+    # curves: over the two full runs up to the budget, not cut at the short run's 40k
+    cur = of["curves"]
+    k = cur[(cur["method"] == "kalmamba") & (cur["task"] == "aggregate")]
+    assert k["x"].max() == SMALL_BUDGET and (k["n_runs"] == 2).all()
+
+
+def test_short_runs_are_counted_named_and_warned(short_study):
+    cov = short_study["est"]["coverage"].set_index("experiment")
+    c = cov.loc["noisy_state"]
+    assert (c["expected_runs"], c["complete_runs"], c["short_runs"], c["no_eval_runs"]) == (9, 9, 2, 1)
+    assert "kalmamba walker-walk ctx32 seed2 (stopped wall_clock at 40000 env steps" in c["left_out"]
+    assert "vrkn walker-walk ctx32 seed1 (stopped env_steps at 100000 env steps, last evaluation at 60000)" \
+        in c["left_out"]
+    assert "vrkn walker-walk ctx32 seed2 (no evaluation)" in c["left_out"]
+    note = estimates.coverage_note(short_study["est"]["coverage"], "noisy_state")
+    assert note == "2 runs short of the budget, left out; 1 run without evaluations, left out"
+    assert "short of the env-step budget" in short_study["log"] and "kalmamba walker-walk ctx32 seed2" in \
+        short_study["log"]
+    table = (short_study["root"] / "tables" / "final_noisy_state.md").read_text()
+    assert note in table
+    # the wall-clock experiment: the run stopped by the wall clock has reached its budget
+    assert cov.loc["context", "short_runs"] == 0
+
+
+def test_short_run_still_appears_in_wall_clock_figures(short_study):
+    est = short_study["est"]
+    fin = est["final"][(est["final"]["experiment"] == "context") & (est["final"]["context_length"] == 32)]
+    assert sorted(fin["seed"]) == [0, 1, 2]
+    slow = fin[fin["seed"] == 2].iloc[0]
+    assert slow["env_steps_reached"] == 40_000 and slow["score"] == pytest.approx(0.36)
+    wc = est["curves"][(est["curves"]["experiment"] == "context") & (est["curves"]["x_kind"] == "wall_clock_h")
+                       & (est["curves"]["context_length"] == 32)]
+    assert len(wc) and (wc["n_runs"] == 3).all()
+
+
+def test_non_finite_values_never_become_numbers(short_study):
+    est = short_study["est"]
+    fin = est["final"][est["final"]["experiment"] == "noisy_state"].set_index(["method", "seed"])
+    # rssm seed 1: its final row (100k) is inf; scored at 80k, one evaluation interval before the budget
+    assert fin.loc[("rssm", 1), "env_step"] == 80_000 and fin.loc[("rssm", 1), "score"] == pytest.approx(0.52)
+    assert fin.loc[("rssm", 0), "score"] == pytest.approx(0.7)
+    for name in ("final", "aggregate", "per_task", "profiles", "improvement", "curves"):
+        values = est[name].select_dtypes("number").drop(columns=["ci_low", "ci_high"], errors="ignore")
+        assert np.isfinite(values.to_numpy(float)).all(), name
+    tables = "".join(p.read_text() for p in (short_study["root"] / "tables").glob("*.md"))
+    assert "inf" not in tables and "nan" not in tables
+    scores = pd.read_csv(short_study["root"] / "scores.csv")
+    assert np.isfinite(scores[["env_step", "return", "score"]].to_numpy(float)).all()
+    runs = short_study["root"] / "runs" / "noisy_state" / "walker-walk"
+    assert f"{runs / 'rssm' / 'ctx32' / 'seed1' / 'eval.csv'}: line 7: return is not a finite number" \
+        in short_study["log"]
+    assert f"{runs / 'vrkn' / 'ctx32' / 'seed1' / 'eval.csv'}: lines 6, 7: return is not a finite number" \
+        in short_study["log"]
+
+
+def test_short_runs_without_a_study_config(short_study):
+    """Without the config the budget comes from the DONE files (most runs stopped at 100k): the same runs are
+    short."""
+    scores = collect.read_scores(short_study["root"] / "scores.csv")
+    runs = collect.read_runs(short_study["root"] / "runs.csv")
+    exp = next(e for e in plan.experiments_from_config(short_study["cfg"]) if e.name == "noisy_state")
+    out = estimates.estimate_experiment(scores, runs, exp, estimates.Settings(reps=REPS, seed=SEED),
+                                        from_config=False)
+    assert out["coverage"]["short_runs"].iloc[0] == 2
+    assert sorted(out["final"].loc[out["final"]["method"] == "kalmamba", "seed"]) == [0, 1]
+
+
+EVAL_HEADER = "env_step,wall_clock_s,return_mean,return_std,episodes\n"
+
+
+@pytest.mark.parametrize("rows, expected, warned", [
+    ("0,5,10,1,5\n1000,6,inf,1,5\n2000,7,30,1,5\n", [(0, 5, 10), (2000, 7, 30)], ["line 3: return"]),
+    ("0,5,-inf,1,5\n1000,6,nan,1,5\n2000,7,abc,1,5\n3000,8,40,1,5\n", [(3000, 8, 40)], ["lines 2, 3, 4: return"]),
+    ("0,5,10,1\n1000,6,20,1,5,9\n2000,7,30,1,5\n", [(2000, 7, 30)], ["lines 2, 3: 5 fields expected"]),
+    ("0,5,10,1,5\n,6,20,1,5\n-1000,6,20,1,5\nNaN,6,20,1,5\n", [(0, 5, 10)], ["lines 3, 4, 5: env_step"]),
+    ("0,5,10,1,5\n1000,-6,20,1,5\n2000,inf,30,1,5\n3000,,40,1,5\n", [(0, 5, 10), (1000, None, 20),
+                                                                    (2000, None, 30), (3000, None, 40)],
+     ["lines 3, 4: wall_clock_s"]),
+    ("0,5,10,1,5\n1000,6,1500,1,5\n2000,7,-3,1,5\n", [(0, 5, 10)], ["lines 3, 4: return is not a finite number in [0"]),
+    ("0,5,10,1,5\n1000,6,20,1,5\n1000,6,25,1,5\n500,6,5,1,5\n2000,7,30,1,5\n",
+     [(0, 5, 10), (1000, 6, 20), (2000, 7, 30)], ["lines 4, 5: env_step does not increase"]),
+    ("0,5,10,1,5\n1000,9,20,1,5\n2000,7,30,1,5\n3000,10,40,1,5\n",
+     [(0, 5, 10), (1000, 9, 20), (2000, None, 30), (3000, 10, 40)], ["line 4: wall_clock_s goes back"]),
+    ("", [], []),
+    ("\n\n", [], []),
+], ids=["inf", "nan-text", "field-count", "bad-step", "bad-wall-clock", "out-of-range", "repeated-step",
+        "wall-clock-back", "header-only", "blank-lines"])
+def test_malformed_eval_rows_are_missing_data(tmp_path, caplog, rows, expected, warned):
+    (tmp_path / "eval.csv").write_text(EVAL_HEADER + rows)
+    with caplog.at_level("WARNING"):
+        ev = collect.read_evals(tmp_path)
+    got = [(r.env_step, None if np.isnan(r.wall_clock_s) else r.wall_clock_s, r._3) for r in ev.itertuples()]
+    assert got == expected
+    for w in warned:
+        assert f"{tmp_path / 'eval.csv'}: {w}" in caplog.text
+    if not warned:
+        assert "eval.csv" not in caplog.text
+
+
+def test_malformed_eval_files_are_missing_data(tmp_path, caplog):
+    (tmp_path / "eval.csv").write_text("")
+    assert collect.read_evals(tmp_path).empty  # an empty file: not evaluated yet
+    (tmp_path / "eval.csv").write_text("env_step,wall_clock_s,score\n0,1,0.5\n")
+    with caplog.at_level("WARNING"):
+        assert collect.read_evals(tmp_path).empty
+    assert "line 1: header" in caplog.text and "'return'" in caplog.text
+
+
+@pytest.mark.parametrize("done, kept", [
+    ('{"env_steps": NaN, "wall_clock_s": Infinity, "reason": "env_steps"}', {"reason": "env_steps"}),
+    ('{"env_steps": "100000", "wall_clock_s": -5, "reason": 3}', {}),
+    ('{"env_steps": true, "wall_clock_s": null}', {}),
+    ('[1, 2]', {}),
+    ('not json', {}),
+    ('{"env_steps": 100000, "wall_clock_s": 12.5, "reason": "wall_clock"}',
+     {"env_steps": 100000.0, "wall_clock_s": 12.5, "reason": "wall_clock"}),
+])
+def test_done_values_that_are_not_finite_numbers_are_missing(tmp_path, done, kept):
+    (tmp_path / "DONE").write_text(done)
+    assert collect.read_done(tmp_path) == kept
+
+
+def test_published_csv_with_non_finite_values(tmp_path, caplog):
+    path = tmp_path / "pub.csv"
+    path.write_text("source,method,obs,task,context_length,seed,env_step,wall_clock_s,return,score,complete\n"
+                    "published,dreamerv3,pixels,walker-walk,,0,1000,,500,,True\n"
+                    "published,dreamerv3,pixels,walker-walk,,0,2000,,inf,,True\n"
+                    "published,dreamerv3,pixels,walker-walk,,0,3000,,x,,True\n"
+                    "published,dreamerv3,pixels,walker-walk,,0,4000,,700,,True,extra\n")
+    with caplog.at_level("WARNING"):
+        rows, status = collect.load_published([path])
+    assert list(rows["env_step"]) == [1000] and rows["score"].iloc[0] == 0.5
+    assert f"{path}: lines 3, 4: return" in caplog.text and f"{path}: line 5: 11 fields" in caplog.text
+    assert status.iloc[0]["status"] == "loaded" and status.iloc[0]["rows"] == 1
+
+
+def test_hand_edited_scores_table_with_non_finite_values(tmp_path, caplog):
+    rows = pd.DataFrame({"source": "run", "method": "rssm", "obs": "pixels", "task": "walker-walk",
+                         "context_length": 32, "seed": 0, "env_step": [0, 1000, 2000], "wall_clock_s": 1.0,
+                         "return": [1.0, np.inf, 3.0], "score": [0.001, np.inf, 0.003], "complete": True})
+    rows.to_csv(tmp_path / "scores.csv", index=False)
+    with caplog.at_level("WARNING"):
+        back = collect.read_scores(tmp_path / "scores.csv")
+    assert list(back["env_step"]) == [0, 2000] and "line 3" in caplog.text
+
+
+# one seed
+@pytest.fixture(scope="module")
+def one_seed(tmp_path_factory):
+    """seeds: [0]; pixels, kalmamba (800 and 600 on two tasks) vs rssm (500, 400)."""
+    root = tmp_path_factory.mktemp("one_seed")
+    cfg = small_study([0], dict(obs="pixels", tasks=["walker-walk", "cartpole-swingup"], methods=["kalmamba", "rssm"]))
+    for method, levels in (("kalmamba", (800, 600)), ("rssm", (500, 400))):
+        for task, level in zip(("walker-walk", "cartpole-swingup"), levels):
+            write_small_run(root, ("pixels", task, method, 32, 0), ramp(level))
+    est = analyse(root, cfg)
+    matplotlib.rcParams["figure.max_open_warning"] = 0
+    figs = figures.build_figures(est, plan.experiments_from_config(cfg), estimates.Settings.from_config(cfg),
+                                 None, with_update_step=False)
+    yield dict(root=root, cfg=cfg, est=est, figs=figs)
+    for f in figs.values():
+        matplotlib.pyplot.close(f)
+
+
+def test_one_seed_has_no_interval(one_seed):
+    est = one_seed["est"]
+    pt = est["per_task"].set_index(["method", "task"])
+    assert pt.loc[("kalmamba", "walker-walk"), "estimate"] == pytest.approx(0.8)
+    for name in ("per_task", "aggregate", "profiles", "improvement", "curves"):
+        assert len(est[name]) and est[name][["ci_low", "ci_high"]].isna().all().all(), name
+    assert (est["per_task"]["n_runs"] == 1).all() and (est["aggregate"]["n_runs"] == 1).all()
+    # the point estimates are rliable's
+    x, y = np.array([[0.8, 0.6]]), np.array([[0.5, 0.4]])
+    point, _ = seeded(library.get_interval_estimates, {"p": (x, y)}, metrics.probability_of_improvement, reps=REPS)
+    assert est["improvement"]["probability"].iloc[0] == pytest.approx(float(np.ravel(point["p"])[0]))
+    agg = est["aggregate"][est["aggregate"]["metric"] == "IQM"].set_index("method")
+    assert agg.loc["kalmamba", "estimate"] == pytest.approx(metrics.aggregate_iqm(x))
+
+
+def test_one_seed_tables_say_n_1(one_seed):
+    md = (one_seed["root"] / "tables" / "final_pixels.md").read_text()
+    assert "| KalMamba | 800 (n=1) | 600 (n=1) | 700 (n=1) |" in md
+    assert "[800, 800]" not in md and "too few runs for an interval" in md
+
+
+def test_one_seed_figures_say_n_1_and_draw_no_interval(one_seed):
+    figs = one_seed["figs"]
+    agg = figs["fig3_pixels_aggregate"].axes[0]
+    assert [t.get_text() for t in agg.get_yticklabels()] == ["KalMamba (n=1)", "RSSM (n=1)"]
+    assert len(agg.patches) == 0 and len(agg.collections) == 2  # no CI bar, the point estimates only
+    imp = figs["fig3_pixels_improvement"].axes[0]
+    assert [t.get_text() for t in imp.get_yticklabels()] == ["RSSM (n=1)"] and len(imp.patches) == 0
+    for name in ("fig3_pixels_curves", "fig3_pixels_profiles"):
+        labels = {ln.get_label() for ax in figs[name].axes for ln in ax.get_lines()}
+        assert {"KalMamba (n=1)", "RSSM (n=1)"} <= labels, name
+        bands = [c for ax in figs[name].axes for c in ax.collections if len(c.get_paths())
+                 and np.isfinite(c.get_paths()[0].vertices).all() and len(c.get_paths()[0].vertices)]
+        assert not bands, name
+
+
+def closed_port_url() -> str:
+    """An http URL on this machine that refuses connections (a port just released): no traffic leaves it."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}/"
+
+
+def test_figures_without_published_scores_when_offline(tmp_path, caplog):
+    from analysis import published
+
+    note = tmp_path / "published" / "dmc_vision-dreamerv3.json.gz"
+    url = closed_port_url() + "dmc_vision-dreamerv3.json.gz"
+    with pytest.raises(published.PublishedUnavailable, match="127.0.0.1"):
+        published.main([url, "--out", str(note)])
+    assert not note.exists()
+    assert published.main([url, "--out", str(note), "--note-if-unavailable"]) == 0
+    cfg = small_study([0, 1], dict(obs="pixels", tasks=["walker-walk"], methods=["kalmamba", "rssm"]))
+    for method, level in (("kalmamba", 800), ("rssm", 600)):
+        for seed in (0, 1):
+            write_small_run(tmp_path, ("pixels", "walker-walk", method, 32, seed), ramp(level + 10 * seed))
+    with caplog.at_level("WARNING"):
+        est = analyse(tmp_path, cfg, "--published", str(note))
+    status = pd.read_csv(tmp_path / "published.csv")
+    assert status[["file", "obs", "status", "rows"]].values.tolist() == [
+        ["dmc_vision-dreamerv3.json.gz", "pixels", "unavailable", 0]]
+    assert estimates.coverage_note(est["coverage"], "pixels") == "without published scores: unavailable offline"
+    assert "without published scores" in (tmp_path / "tables" / "final_pixels.md").read_text()
+    assert "unavailable" in caplog.text and "dmc_vision-dreamerv3.json.gz" in caplog.text
+    assert not est["aggregate"]["method"].str.contains("published").any()
+
+
+def test_update_step_times_that_are_not_finite_are_not_timed(caplog):
+    bench = {"machine": {"cpu": "test cpu"}, "config": {},
+             "results": [{"method": "kalmamba", "context_length": L, "batch_size": 4, "device": "cpu",
+                          "forward_s": {16: 0.016, 32: float("inf"), 64: "x"}[L],
+                          "update_s": {16: 0.048, 32: 0.096, 64: float("nan")}[L]} for L in (16, 32, 64)]}
+    with caplog.at_level("WARNING"):
+        fig = figures.update_step_figure(bench)
+    fwd = fig.axes[0].get_lines()[0]
+    np.testing.assert_allclose(fwd.get_xdata(), [16])
+    assert "KalMamba at 32" in fig._suptitle.get_text() and "KalMamba at 64" in fig._suptitle.get_text()
+    assert "forward_s is not a finite number" in caplog.text
+    matplotlib.pyplot.close(fig)

@@ -145,6 +145,43 @@ def test_truncate_jsonl_for_resume(tmp_path):
     assert adapter.truncate_jsonl(tmp_path / "absent.jsonl", 0) == 0
 
 
+def test_adapter_never_writes_a_non_finite_number(tmp_path, caplog):
+    """A diverged DreamerV3 run logs NaN / Infinity (Python's json): an evaluation or episode score that is not
+    finite is skipped, any other value is written as an empty cell, DONE writes null."""
+    metrics = (
+        '{"step": 400, "kalbench/eval/return_mean": Infinity, "kalbench/eval/return_std": 1.0, '
+        '"kalbench/eval/episodes": 2.0, "kalbench/eval/wall_clock_s": 60.0}\n'
+        '{"step": 800, "kalbench/eval/return_mean": 12.5, "kalbench/eval/return_std": NaN, '
+        '"kalbench/eval/episodes": 2.0, "kalbench/eval/wall_clock_s": Infinity, "train/loss/dyn": -Infinity, '
+        '"kalbench/wall_clock_s": 61.0, "kalbench/updates": 9.0, "kalbench/fps": Infinity}\n'
+        '{"step": 1200, "kalbench/eval/return_mean": NaN, "kalbench/eval/return_std": 1.0, '
+        '"kalbench/eval/episodes": 2.0, "kalbench/eval/wall_clock_s": 90.0, "train/loss/dyn": 1.5}\n'
+        '{"step": 1600, "kalbench/eval/return_mean": "diverged", "kalbench/eval/episodes": 2.0}\n')
+    scores = '{"step": 390, "episode/score": -Infinity}\n{"step": 399, "episode/score": 4.0}\n'
+    logdir = write_logdir(tmp_path / "dv3", metrics, scores)
+    run = tmp_path / "run"
+    with caplog.at_level("WARNING"):
+        evals = adapter.write_logs(logdir, run)
+        adapter.write_done(run, evals, 1600, math.inf, "env_steps")
+    text = (run / "eval.csv").read_text() + (run / "train.csv").read_text() + (run / "DONE").read_text()
+    assert not any(word in text.lower() for word in ("inf", "nan")), text
+    ev = pd.read_csv(run / "eval.csv")
+    assert ev["env_step"].tolist() == [800] and ev["return_mean"].tolist() == [12.5]
+    assert ev["wall_clock_s"].isna().all() and ev["return_std"].isna().all()
+    train = pd.read_csv(run / "train.csv").set_index("env_step")
+    assert np.isnan(train.loc[800, "loss_dyn"]) and train.loc[1200, "loss_dyn"] == 1.5
+    assert np.isnan(train.loc[800, "fps"]) and train.loc[800, "updates"] == 9.0
+    assert "env step 400: return inf is not a finite number; skipped" in caplog.text
+    assert "env step 1600: return 'diverged'" in caplog.text
+    done = json.loads((run / "DONE").read_text())
+    assert done["final_return"] == 12.5 and done["wall_clock_s"] is None
+    adapter.write_done(run, pd.DataFrame(columns=adapter.EVAL_COLUMNS), 0, 1.0, "wall_clock")
+    assert json.loads((run / "DONE").read_text())["final_return"] is None
+    binned = adapter.eval_from_scores(adapter.read_jsonl_text(scores), every=400)
+    assert binned["return_mean"].tolist() == [4.0] and binned["episodes"].tolist() == [1]
+    assert collect.read_done(run) == {"env_steps": 0.0, "wall_clock_s": 1.0, "reason": "wall_clock"}
+
+
 def test_write_done_rejects_bad_reason(tmp_path):
     with pytest.raises(ValueError, match="'finished'"):
         adapter.write_done(tmp_path, pd.DataFrame(columns=adapter.EVAL_COLUMNS), 0, 0.0, "finished")

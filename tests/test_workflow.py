@@ -270,6 +270,51 @@ def test_paper_study_dry_run_job_counts(tmp_path):
                      "estimates": 1, "figures": 1, "tables": 1, "all": 1}
 
 
+def closed_port_url() -> str:
+    """An http URL on this machine that refuses connections (a port just released): nothing leaves the machine."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{s.getsockname()[1]}/"
+
+
+def offline(*args: str) -> list[str]:
+    """`args` run without a network where user namespaces allow (`unshare -rn`: a network namespace with no
+    interface but loopback, down), else as they are (the study then points its URL at a closed local port)."""
+    try:
+        ok = subprocess.run(["unshare", "-rn", "true"], capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        ok = False
+    return ["unshare", "-rn", *args] if ok else list(args)
+
+
+def test_paper_study_builds_offline(tmp_path):
+    """`snakemake -n --configfile config/paper.yaml` without a network: the DAG builds. Published scores come from
+    a local copy when there is one ($KALBENCH_PUBLISHED_DIR here), else the job fetches them (not the dry run)."""
+    url = closed_port_url()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    env = {**os.environ, "MUJOCO_GL": "osmesa", "PYOPENGL_PLATFORM": "osmesa", "OMP_NUM_THREADS": "1"}
+
+    def dry(local_env: dict) -> str:
+        cmd = offline(SNAKEMAKE, "-n", "--forceall", "--nolock", "--cores", "2", "-p", "--configfile",
+                      "config/paper.yaml", "--config", 'dreamerv3={"published": {"url": "%s"}}' % url)
+        out = subprocess.run(cmd, cwd=ROOT, env={**env, **local_env}, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-3000:]
+        assert job_stats(out.stdout)["published_scores"] == 1
+        return next(line for line in out.stdout.splitlines() if "python -m analysis.published" in line)
+
+    # no local copy: the job will fetch it (and, without a network, write a note: the figures go without it)
+    cmd = dry({"KALBENCH_PUBLISHED_DIR": str(empty)})
+    assert f"analysis.published {url}dmc_vision-dreamerv3.json.gz --out" in cmd and "--note-if-unavailable" in cmd
+    # a local copy: read from there
+    (tmp_path / "dmc_vision-dreamerv3.json.gz").write_bytes(b"")
+    cmd = dry({"KALBENCH_PUBLISHED_DIR": str(tmp_path)})
+    assert f"analysis.published {tmp_path / 'dmc_vision-dreamerv3.json.gz'} --out" in cmd
+
+
 def test_paper_study_matches_the_paper():
     cfg = load_config("paper")
     ex = cfg["experiments"]

@@ -14,6 +14,11 @@ logs each evaluation as aggregate scalars under the names in `EVAL_KEYS`, which 
 logs of DreamerV3's unmodified training script carry only training-episode scores, which `eval_from_scores` bins
 (recorded as such in config.json).
 
+Non-finite values (a diverged run logs `NaN`/`Infinity`, or a value that is not a number at all) never reach a
+kalbench file as a number: an evaluation or a training-episode score whose return is not finite is skipped with
+a warning naming the log line's step; any other value that is not finite (wall clock, return_std, a loss, fps)
+is written as an empty cell (missing), with a warning; DONE writes `null` for a value it does not know.
+
 Every file is written with rl/io.py (temp file in the same directory, fsync, rename). This module needs pandas
 and the standard library only: it runs in DreamerV3's environment and in kalbench's.
 """
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import logging
 import math
 import platform
 import socket
@@ -34,6 +40,7 @@ import pandas as pd
 
 from rl.io import atomic_to_csv, atomic_write_text
 
+log = logging.getLogger(__name__)
 EVAL_COLUMNS = ["env_step", "wall_clock_s", "return_mean", "return_std", "episodes"]
 DONE_REASONS = ("env_steps", "wall_clock")
 
@@ -52,6 +59,31 @@ FPS_KEY = "kalbench/fps"  # environment steps per second over the last log inter
 LOSS_PREFIX = "train/loss/"
 SCORE_KEY = "episode/score"
 POLICY_FPS_KEY = "fps/policy"  # agent steps per second (embodied/run/train.py)
+
+
+# ---------------------------------------------------------------- values
+def finite(value: Any) -> float | None:
+    """The value as a finite float, or None (missing, NaN, +-inf, a bool, text, anything not a number)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        return None
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def missing_if_not_finite(table: pd.DataFrame, what: str, skip: Iterable[str] = ("env_step",)) -> pd.DataFrame:
+    """Every value of `table` that is not a finite number (outside `skip`) -> NaN (an empty CSV cell), with one
+    warning per column naming the env steps."""
+    table = table.copy()
+    for col in table.columns:
+        if col in skip:
+            continue
+        values = [finite(v) for v in table[col]]
+        bad = [step for step, v, raw in zip(table["env_step"], values, table[col])
+               if v is None and not (raw is None or (isinstance(raw, float) and math.isnan(raw)))]
+        if bad:
+            log.warning("%s: %s is not a finite number at env step(s) %s; written as missing", what, col, bad[:10])
+        table[col] = [math.nan if v is None else v for v in values]
+    return table
 
 
 # ---------------------------------------------------------------- reading
@@ -103,14 +135,21 @@ def eval_table(records: Iterable[dict[str, Any]]) -> pd.DataFrame:
     rows = {}
     for r in records:
         if EVAL_KEYS["return_mean"] in r:
-            rows[int(r["step"])] = {
-                "env_step": int(r["step"]),
+            step = int(r["step"])
+            if finite(r[EVAL_KEYS["return_mean"]]) is None:
+                log.warning("evaluation at env step %d: return %r is not a finite number; skipped", step,
+                            r[EVAL_KEYS["return_mean"]])
+                rows.pop(step, None)
+                continue
+            rows[step] = {
+                "env_step": step,
                 "wall_clock_s": r.get(EVAL_KEYS["wall_clock_s"], math.nan),
                 "return_mean": r[EVAL_KEYS["return_mean"]],
                 "return_std": r.get(EVAL_KEYS["return_std"], math.nan),
-                "episodes": int(r.get(EVAL_KEYS["episodes"], 0)),
+                "episodes": int(finite(r.get(EVAL_KEYS["episodes"], 0)) or 0),
             }
     table = pd.DataFrame([rows[k] for k in sorted(rows)], columns=EVAL_COLUMNS)
+    table = missing_if_not_finite(table, "eval", skip=("env_step", "episodes"))
     return table.astype({"env_step": "int64", "episodes": "int64"})
 
 
@@ -121,7 +160,14 @@ def eval_from_scores(records: Iterable[dict[str, Any]], every: int) -> pd.DataFr
     (NaN)."""
     if every < 1:
         raise ValueError(f"every must be >= 1, got {every}")
-    scores = [(int(r["step"]), float(r[SCORE_KEY])) for r in records if SCORE_KEY in r]
+    scores = []
+    for r in records:
+        if SCORE_KEY in r:
+            if finite(r[SCORE_KEY]) is None:
+                log.warning("training episode at env step %s: score %r is not a finite number; skipped", r["step"],
+                            r[SCORE_KEY])
+                continue
+            scores.append((int(r["step"]), finite(r[SCORE_KEY])))
     if not scores:
         return pd.DataFrame(columns=EVAL_COLUMNS).astype({"env_step": "int64", "episodes": "int64"})
     frame = pd.DataFrame(scores, columns=["step", "score"])
@@ -151,7 +197,8 @@ def train_table(records: Iterable[dict[str, Any]], action_repeat: int = 1) -> pd
     columns = ["env_step", "wall_clock_s", "updates"]
     for row in rows.values():
         columns += [k for k in row if k.startswith("loss_") and k not in columns]
-    return pd.DataFrame([rows[k] for k in sorted(rows)], columns=columns + ["train_return", "fps"])
+    table = pd.DataFrame([rows[k] for k in sorted(rows)], columns=columns + ["train_return", "fps"])
+    return missing_if_not_finite(table, "train")
 
 
 def last_step(records: Iterable[dict[str, Any]]) -> int:
@@ -232,8 +279,8 @@ def write_done(rundir: str | Path, evals: pd.DataFrame, env_steps: int, wall_clo
     """DONE, the last file of a run: the return of the last evaluation and where the run stopped."""
     if reason not in DONE_REASONS:
         raise ValueError(f"reason must be one of {DONE_REASONS}, got {reason!r}")
-    final = float(evals["return_mean"].iloc[-1]) if len(evals) else math.nan
-    summary = {"final_return": final, "env_steps": int(env_steps), "wall_clock_s": float(wall_clock_s),
+    final = finite(evals["return_mean"].iloc[-1]) if len(evals) else None
+    summary = {"final_return": final, "env_steps": int(env_steps), "wall_clock_s": finite(wall_clock_s),
                "reason": reason}
     return atomic_write_text(Path(rundir) / "DONE", _json(summary))
 

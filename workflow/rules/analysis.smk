@@ -36,6 +36,7 @@ rule collect:
         scores=RESULTS + "/scores.csv",
         runs=report(RESULTS + "/runs.csv", caption="../report/runs.rst", category="Runs"),
         incomplete=RESULTS + "/incomplete.csv",
+        published=RESULTS + "/published.csv",
     log:
         LOGS + "/collect.log",
     threads: ANALYSIS["cpus_per_task"]
@@ -55,6 +56,7 @@ rule estimates:
     input:
         rules.collect.output.scores,
         runs=rules.collect.output.runs,
+        published=rules.collect.output.published,
         study=rules.study_config.output[0],
     output:
         expand(RESULTS + "/estimates/{name}.csv", name=ESTIMATE_FILES),

@@ -9,7 +9,9 @@
 #     container: containers/dreamerv3.sif                           # image under --sdm apptainer
 #     published:
 #       files: [dmc_vision-dreamerv3.json.gz]   # DreamerV3's score files to overlay; [] for none
-#       local_dir: null         # a directory with copies of them; null: fetch them at the pinned URL
+#       local_dir: null         # a directory with copies of them (null: $KALBENCH_PUBLISHED_DIR, else
+#                               # <repo>/../shared/reference-scores); a file not there is fetched from `url`
+#       url: null               # base URL to fetch from (null: DreamerV3's repository at the pinned commit)
 #   resources: {dreamerv3: {cpus_per_task, mem_mb, runtime}}       # else resources.train
 import os
 
@@ -67,29 +69,49 @@ rule train_dreamerv3:
         " > {log} 2>&1"
 
 
-# DreamerV3's published score files: a local copy (dreamerv3.published.local_dir) or DreamerV3's repository at
-# the pinned commit through Snakemake's HTTP storage (needs snakemake-storage-plugin-http and a network).
+# DreamerV3's published score files (README, "Published scores offline"). Building the DAG never touches the
+# network: a file is copied from a local directory when it is there (the study's dreamerv3.published.local_dir,
+# else $KALBENCH_PUBLISHED_DIR, else <repo>/../shared/reference-scores), else the job fetches it from the URL;
+# without a network the job writes a note in its place and the figures are drawn without it, saying so.
 PUBLISHED_FILES = [f"{RESULTS}/published/{name}" for name in DV3_PUBLISHED.get("files", ["dmc_vision-dreamerv3.json.gz"])]
+PUBLISHED_DIR = (DV3_PUBLISHED.get("local_dir") or os.environ.get("KALBENCH_PUBLISHED_DIR")
+                 or os.path.join(os.path.dirname(workflow.basedir), "shared", "reference-scores"))
+PUBLISHED_URL = DV3_PUBLISHED.get("url") or PINNED_BASE_URL
 
 
-def published_source(wildcards):
-    local = DV3_PUBLISHED.get("local_dir")
-    if local:
-        return os.path.join(local, wildcards.name)
-    return storage.http(PINNED_BASE_URL + wildcards.name)
+def published_local(name):
+    """The local copy of a published score file, or None."""
+    path = os.path.join(PUBLISHED_DIR, name)
+    return path if os.path.isfile(path) else None
+
+
+def published_source(name):
+    """Where the job reads the file: its local copy, else the URL (fetched when the job runs, not here)."""
+    return published_local(name) or PUBLISHED_URL.rstrip("/") + "/" + name
+
+
+for _path in PUBLISHED_FILES:
+    _name = os.path.basename(_path)
+    if not published_local(_name) and not os.path.exists(_path):
+        print(f"Published scores {_name}: no local copy in {PUBLISHED_DIR}; the job fetches it from "
+              f"{published_source(_name)} (without a network the figures are drawn without it and say so)",
+              file=sys.stderr)
 
 
 rule published_scores:
     """One published score file, checked (known SHA-256 at the pinned commit, parseable) and copied into the
-    study's results, where `collect` reads it (`--published`)."""
+    study's results, where `collect` reads it (`--published`); fetched from the URL when there is no local copy,
+    a note saying it is unavailable when that fails."""
     input:
-        published_source,
+        lambda wildcards: published_local(wildcards.name) or [],
     output:
         RESULTS + "/published/{name}",
     wildcard_constraints:
         name=r"[a-z0-9_]+-[A-Za-z0-9_.]+\.json\.gz",
+    params:
+        source=lambda wildcards: published_source(wildcards.name),
     log:
         LOGS + "/published/{name}.log",
     localrule: True
     shell:
-        "python -m analysis.published {input} --out {output} > {log} 2>&1"
+        "python -m analysis.published {params.source:q} --out {output} --note-if-unavailable > {log} 2>&1"

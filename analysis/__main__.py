@@ -1,8 +1,8 @@
 """`python -m analysis {collect,estimates,figures,tables,all} --results results/<study> [--study-config FILE]
 [--reps N] [--seed S] [--published FILE ...]`
 
-collect   runs/ -> scores.csv, runs.csv, incomplete.csv  (+ published reference scores with --published)
-estimates scores.csv, runs.csv -> estimates/*.csv         (rliable; --reps, --seed; default: study config's
+collect   runs/ -> scores.csv, runs.csv, incomplete.csv, probe.csv (+ published reference scores with --published)
+estimates scores.csv, runs.csv, probe.csv -> estimates/*.csv (rliable; --reps, --seed; default: study config's
                                                            analysis.bootstrap_reps / analysis.seed, else 2000 / 0)
 figures   estimates/*.csv, bench/update_step.json -> figures/*.pdf|png
 tables    estimates/*.csv -> tables/*.md|tex
@@ -47,7 +47,7 @@ def cmd_collect(args, cfg) -> list[Path]:
         tasks = {t for g in (cfg.get("experiments") or {}).values() for t in g["tasks"]} if cfg else None
         bin_every = (cfg.get("train") or {}).get("eval_every") if cfg else None
         scores = collect.with_published(scores, collect.load_published(args.published, tasks, bin_every))
-    return collect.write_collect(args.results, scores, runs)
+    return collect.write_collect(args.results, scores, runs, collect.collect_probe(args.results))
 
 
 def cmd_estimates(args, cfg) -> list[Path]:
@@ -56,7 +56,9 @@ def cmd_estimates(args, cfg) -> list[Path]:
     scores = collect.read_scores(args.results / "scores.csv")
     runs = collect.read_runs(args.results / "runs.csv")
     settings = estimates.Settings.from_config(cfg, args.reps, args.seed)
-    est = estimates.estimate_all(scores, runs, experiments(cfg, runs), settings, from_config=cfg is not None)
+    probe = collect.read_probe(args.results / "probe.csv")
+    est = estimates.estimate_all(scores, runs, experiments(cfg, runs), settings, from_config=cfg is not None,
+                                 probe=probe)
     return estimates.write_estimates(args.results, est)
 
 

@@ -7,6 +7,8 @@ Layout read: `<results>/runs/<obs>/<task>/<method>/ctx<L>/seed<S>/{config.json, 
 - `runs.csv`: one row per run found or expected, with its status: `complete` (has DONE), `running` (directory
   without DONE) or `missing` (expected by the study config, no directory).
 - `incomplete.csv`: the rows of `runs.csv` whose status is not `complete`. Nothing is dropped silently.
+- `probe.csv`: the belief probe (rl/probe.py) of every run that has one: one row per evaluation, the run's key,
+  `complete`, `env_step, features_r2, observation_r2`.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ SCORE_COLUMNS = ["source", "method", "obs", "task", "context_length", "seed",
 RUN_COLUMNS = ["path", "obs", "task", "method", "context_length", "seed", "status", "expected", "n_evals",
                "last_env_step", "last_wall_clock_s", "done_env_steps", "done_wall_clock_s", "done_reason"]
 RUN_KEY = ["obs", "task", "method", "context_length", "seed"]
+PROBE_COLUMNS = [*RUN_KEY, "complete", "env_step", "features_r2", "observation_r2"]
 _CTX, _SEED = re.compile(r"^ctx(\d+)$"), re.compile(r"^seed(\d+)$")
 
 
@@ -121,6 +124,27 @@ def collect(results_dir: str | Path, expected: Iterable[tuple] | None = None) ->
     return tidy_scores(scores), runs
 
 
+def collect_probe(results_dir: str | Path) -> pd.DataFrame:
+    """The probe.csv rows of every run directory under results_dir/runs (PROBE_COLUMNS); runs without one (pixels,
+    or no evaluation yet) have no rows."""
+    parts = []
+    for key, d in find_runs(Path(results_dir) / "runs").items():
+        path = d / "probe.csv"
+        if path.exists() and path.stat().st_size:
+            part = pd.read_csv(path)[PROBE_COLUMNS[-3:]]
+            parts.append(part.assign(**dict(zip(RUN_KEY, key)), complete=(d / "DONE").exists()))
+    probe = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PROBE_COLUMNS)
+    return probe[PROBE_COLUMNS].sort_values([*RUN_KEY, "env_step"], kind="stable").reset_index(drop=True)
+
+
+def read_probe(path: str | Path) -> pd.DataFrame:
+    """probe.csv of the results directory; an empty table (PROBE_COLUMNS) where it does not exist."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=PROBE_COLUMNS)
+    return pd.read_csv(path, dtype={"method": str, "obs": str, "task": str})
+
+
 def tidy_scores(scores: pd.DataFrame) -> pd.DataFrame:
     """The contract's column order and types, sorted; context_length/seed may be empty for published rows."""
     scores = scores[SCORE_COLUMNS].copy()
@@ -192,8 +216,11 @@ def read_runs(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, dtype={"done_reason": str}, keep_default_na=False, na_values=[""])
 
 
-def write_collect(results_dir: str | Path, scores: pd.DataFrame, runs: pd.DataFrame) -> list[Path]:
+def write_collect(results_dir: str | Path, scores: pd.DataFrame, runs: pd.DataFrame,
+                  probe: pd.DataFrame | None = None) -> list[Path]:
     results_dir = Path(results_dir)
+    probe = pd.DataFrame(columns=PROBE_COLUMNS) if probe is None else probe
     return [atomic_to_csv(scores, results_dir / "scores.csv"),
             atomic_to_csv(runs, results_dir / "runs.csv"),
-            atomic_to_csv(runs[runs["status"] != "complete"], results_dir / "incomplete.csv")]
+            atomic_to_csv(runs[runs["status"] != "complete"], results_dir / "incomplete.csv"),
+            atomic_to_csv(probe, results_dir / "probe.csv")]

@@ -479,13 +479,12 @@ def experiment_figures(est: dict[str, pd.DataFrame], exp: Experiment, settings: 
     name = EXPERIMENT_TITLES.get(exp.name, exp.name)
     figs = {}
 
-    def make(fname, title, ok: bool, build):
+    def make(fname, title, ok: bool, build, why: str = f"no complete runs for {exp.name}"):
         if ok:
             figs[fname] = build()
         else:
             log.warning("%s: no data yet; writing a placeholder", fname)
-            figs[fname] = message_figure(title, f"no data: no complete runs for {exp.name}" +
-                                         (f"\n({note})" if note else ""))
+            figs[fname] = message_figure(title, f"no data: {why}" + (f"\n({note})" if note else ""))
 
     present = sort_methods(agg["method"]) if len(agg) else []
     if exp.kind == "main":
@@ -519,7 +518,8 @@ def experiment_figures(est: dict[str, pd.DataFrame], exp: Experiment, settings: 
     if exp.probed:
         probed = [m for m in sort_methods(prb["method"])] if len(prb) else []
         make(f"{exp.prefix}_probe", f"{name}: belief probe", bool(probed),
-             lambda: probe_figure(prb, probed, list(exp.tasks), f"{name}: belief probe", note))
+             lambda: probe_figure(prb, probed, list(exp.tasks), f"{name}: belief probe", note),
+             why=f"no probe results for {exp.name} (complete runs with >= 2 evaluation episodes)")
     if exp.compares_kalmamba:
         make(f"{exp.prefix}_improvement", f"{name}: probability of improvement", len(imp) > 0,
              lambda: improvement_figure(imp, f"{name}: probability of improvement", note,

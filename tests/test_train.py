@@ -360,7 +360,7 @@ BAD = [
     (["--context-length", "12"], "--context-length: 12 exceeds"),
     (["--env-steps", "lots"], "--env-steps: 'lots' is not a valid int"),
     (["--seed", "-1"], "--seed: -1"),
-    (["--obs", "rgb"], "'rgb'; valid types: pixels, noisy_state"),
+    (["--obs", "rgb"], "'rgb'; valid types: pixels, state, noisy_state"),
     (["--task", "walker-fly"], "'walker-fly'; valid tasks:"),
     (["--method", "kalman"], "'kalman'; valid methods: kalmamba, kalmamba_no_mamba"),
     (["--method", "dreamerv3"], "integrations.dreamerv3"),

@@ -41,6 +41,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
 from analysis.estimates import METRICS, Settings, coverage_note  # noqa: E402
@@ -80,7 +81,7 @@ RC = {
 }
 PNG_DPI = 200
 PUBLISHED_NOTE = "published: training-episode returns, binned per eval interval; ours: evaluation episodes"
-OBSERVATION_COLOR = "0.6"   # the probe's reference: a read-out of the raw observation
+OBSERVATION_COLOR = "0.85"   # the probe's reference, a read-out of the raw observation: light grey, hatched
 
 
 def method_color(method: str) -> str:
@@ -268,7 +269,7 @@ def probe_figure(probe: pd.DataFrame, methods: list[str], tasks: list[str], titl
     n = len(methods)
     with _style():
         fig, axes, ncols, spare = _grid(len(panels), row_height=0.3 + 0.34 * n, sharex=True, sharey=True)
-        for ax, panel in zip(axes, panels):
+        for k_ax, (ax, panel) in enumerate(zip(axes, panels)):
             d = probe[probe["task"] == panel]
             for i, m in enumerate(methods):
                 for k, inp in enumerate(("features", "observation")):
@@ -276,19 +277,21 @@ def probe_figure(probe: pd.DataFrame, methods: list[str], tasks: list[str], titl
                     if r.empty:
                         continue
                     r, y = r.iloc[0], i + (k - 0.5) * 0.4
-                    label = "features" if inp == "features" else "raw observation"
                     ax.barh(y, r["ci_high"] - r["ci_low"], left=r["ci_low"], height=0.36,
                             color=method_color(m) if inp == "features" else OBSERVATION_COLOR, alpha=0.85,
-                            hatch=None if inp == "features" else "///", edgecolor="white", lw=0,
-                            label=label if inp == "observation" else None)
+                            hatch=None if inp == "features" else "////", edgecolor="0.45", lw=0)
                     ax.vlines(r["estimate"], y - 0.2, y + 0.2, color="black", lw=1.0, clip_on=False)
             ax.set_title("all tasks" if panel == "aggregate" else panel)
             ax.set_yticks(range(n), [display_name(m) for m in methods])
             ax.set_ylim(n - 0.5, -0.5)
             ax.set_xlim(right=1.02)
             ax.grid(axis="y", visible=False)
-            ax.set_xlabel("R² of the true state (test half)")
-        _legend(fig, axes, spare)
+            if k_ax >= len(panels) - ncols:
+                ax.set_xlabel("R² of the true state")
+                ax.xaxis.set_tick_params(labelbottom=True)
+        handles = [Patch(facecolor="0.35", label="features (method colour)"),
+                   Patch(facecolor=OBSERVATION_COLOR, hatch="////", edgecolor="0.45", label="raw observation")]
+        fig.legend(handles=handles, loc="outside lower center", ncol=2, handlelength=1.6)
         _suptitle(fig, title, note)
     return fig
 

@@ -346,6 +346,9 @@ def test_colours_per_method_are_consistent_and_published_is_dashed(figs):
     assert lines["KalMamba"].get_linestyle() == "-" and lines["DreamerV3 (published)"].get_linestyle() == "--"
     colours = [figures.method_color(m) for m in plan.METHOD_ORDER]
     assert len(set(colours)) == len(colours)
+    # a curve figure with published references says what their return is; one without says nothing about it
+    assert "training-episode returns" in figs["fig3_pixels_curves"]._suptitle.get_text()
+    assert "training-episode" not in figs["fig4_noisy_state_curves"]._suptitle.get_text()
 
 
 def test_update_step_figure_names_skipped_cases():

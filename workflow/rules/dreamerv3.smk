@@ -92,4 +92,4 @@ rule published_scores:
         LOGS + "/published/{name}.log",
     localrule: True
     shell:
-        "python -m analysis.published {input} --out {output} > {log} 2>&1"
+        JOB_ENV + "python -m analysis.published {input} --out {output} > {log} 2>&1"

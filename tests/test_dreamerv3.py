@@ -504,8 +504,10 @@ def test_snakemake_dry_run_renders_the_commands(tmp_path):
     assert any("python -m rl.train --method rssm" in line for line in lines)  # other methods: their own rule
     assert not any("rl.train --method dreamerv3" in line for line in lines)
     pub = next(line for line in lines if "analysis.published" in line)
-    assert pub.startswith(f"python -m analysis.published {tmp_path / 'copies' / 'dmc_vision-dreamerv3.json.gz'}"
-                          " --out results/dv3test/published/dmc_vision-dreamerv3.json.gz")
+    prefix, _, command = pub.partition("python -m analysis.published ")
+    assert "export PYTHONPATH=" in prefix, prefix   # the jobs' environment: kalbench importable, its Python first
+    assert command.startswith(f"{tmp_path / 'copies' / 'dmc_vision-dreamerv3.json.gz'}"
+                              " --out results/dv3test/published/dmc_vision-dreamerv3.json.gz")
 
 
 # ---------------------------------------------------------------- DreamerV3 itself (its own environment)

@@ -1,9 +1,9 @@
 """`python -m analysis {collect,estimates,figures,tables,all} --results results/<study> [--study-config FILE]
 [--reps N] [--seed S] [--published FILE ...]`
 
-collect   runs/ -> scores.csv, runs.csv, incomplete.csv, published.csv  (+ published reference scores with
-          --published)
-estimates scores.csv, runs.csv -> estimates/*.csv         (rliable; --reps, --seed; default: study config's
+collect   runs/ -> scores.csv, runs.csv, incomplete.csv, published.csv, probe.csv (+ published reference scores
+          with --published)
+estimates scores.csv, runs.csv, probe.csv -> estimates/*.csv (rliable; --reps, --seed; default: study config's
                                                            analysis.bootstrap_reps / analysis.seed, else 2000 / 0)
 figures   estimates/*.csv, bench/update_step.json -> figures/*.pdf|png
 tables    estimates/*.csv -> tables/*.md|tex
@@ -50,7 +50,7 @@ def cmd_collect(args, cfg) -> list[Path]:
         bin_every = (cfg.get("train") or {}).get("eval_every") if cfg else None
         published, status = collect.load_published(args.published, tasks, bin_every)
         scores = collect.with_published(scores, published)
-    return collect.write_collect(args.results, scores, runs, status)
+    return collect.write_collect(args.results, scores, runs, status, collect.collect_probe(args.results))
 
 
 def cmd_estimates(args, cfg) -> list[Path]:
@@ -59,8 +59,9 @@ def cmd_estimates(args, cfg) -> list[Path]:
     scores = collect.read_scores(args.results / "scores.csv")
     runs = collect.read_runs(args.results / "runs.csv")
     settings = estimates.Settings.from_config(cfg, args.reps, args.seed)
+    probe = collect.read_probe(args.results / "probe.csv")
     est = estimates.estimate_all(scores, runs, experiments(cfg, runs), settings, from_config=cfg is not None,
-                                 published=collect.read_published_status(args.results))
+                                 published=collect.read_published_status(args.results), probe=probe)
     return estimates.write_estimates(args.results, est)
 
 

@@ -13,6 +13,8 @@ Malformed input is missing data, never a number (analysis/inputs.py): a value of
 number (or out of range: a negative env step or wall clock, a return outside [0, 1000]), a row with the wrong
 field count, a repeated or backwards env step, and a DONE value that is not a finite number are left out with a
 warning naming the file and line (a wall clock that goes back: that value missing).
+- `probe.csv`: the belief probe (rl/probe.py) of every run that has one: one row per evaluation, the run's key,
+  `complete`, `env_step, features_r2, observation_r2`.
 """
 from __future__ import annotations
 
@@ -42,6 +44,7 @@ EVAL_COLUMNS = {"env_step": Numeric(lo=0, required=True),
                 "wall_clock_s": Numeric(lo=0, may_be_empty=True),  # empty: unknown (converted DreamerV3 logs)
                 "return": Numeric(lo=0, hi=MAX_RETURN + 1e-6, required=True)}
 DONE_NUMBERS = ("env_steps", "wall_clock_s")
+PROBE_COLUMNS = [*RUN_KEY, "complete", "env_step", "features_r2", "observation_r2"]
 _CTX, _SEED = re.compile(r"^ctx(\d+)$"), re.compile(r"^seed(\d+)$")
 
 
@@ -157,6 +160,27 @@ def collect(results_dir: str | Path, expected: Iterable[tuple] | None = None) ->
     if n_bad:
         log.warning("%d of %d runs are not complete (see incomplete.csv)", n_bad, len(runs))
     return tidy_scores(scores), runs
+
+
+def collect_probe(results_dir: str | Path) -> pd.DataFrame:
+    """The probe.csv rows of every run directory under results_dir/runs (PROBE_COLUMNS); runs without one (pixels,
+    or no evaluation yet) have no rows."""
+    parts = []
+    for key, d in find_runs(Path(results_dir) / "runs").items():
+        path = d / "probe.csv"
+        if path.exists() and path.stat().st_size:
+            part = pd.read_csv(path)[PROBE_COLUMNS[-3:]]
+            parts.append(part.assign(**dict(zip(RUN_KEY, key)), complete=(d / "DONE").exists()))
+    probe = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=PROBE_COLUMNS)
+    return probe[PROBE_COLUMNS].sort_values([*RUN_KEY, "env_step"], kind="stable").reset_index(drop=True)
+
+
+def read_probe(path: str | Path) -> pd.DataFrame:
+    """probe.csv of the results directory; an empty table (PROBE_COLUMNS) where it does not exist."""
+    path = Path(path)
+    if not path.exists() or path.stat().st_size == 0:
+        return pd.DataFrame(columns=PROBE_COLUMNS)
+    return pd.read_csv(path, dtype={"method": str, "obs": str, "task": str})
 
 
 def tidy_scores(scores: pd.DataFrame) -> pd.DataFrame:
@@ -275,10 +299,12 @@ def read_runs(path: str | Path) -> pd.DataFrame:
 
 
 def write_collect(results_dir: str | Path, scores: pd.DataFrame, runs: pd.DataFrame,
-                  published: pd.DataFrame | None = None) -> list[Path]:
+                  published: pd.DataFrame | None = None, probe: pd.DataFrame | None = None) -> list[Path]:
     results_dir = Path(results_dir)
     published = pd.DataFrame(columns=PUBLISHED_STATUS_COLUMNS) if published is None else published
+    probe = pd.DataFrame(columns=PROBE_COLUMNS) if probe is None else probe
     return [atomic_to_csv(scores, results_dir / "scores.csv"),
             atomic_to_csv(runs, results_dir / "runs.csv"),
             atomic_to_csv(runs[runs["status"] != "complete"], results_dir / "incomplete.csv"),
-            atomic_to_csv(published[PUBLISHED_STATUS_COLUMNS], results_dir / "published.csv")]
+            atomic_to_csv(published[PUBLISHED_STATUS_COLUMNS], results_dir / "published.csv"),
+            atomic_to_csv(probe, results_dir / "probe.csv")]

@@ -27,6 +27,10 @@ Definitions used throughout (all in normalised score = return / 1000):
   wall-clock curves use a grid of hours in steps of 1/50 of the wall-clock budget (or of the longest run, when
   that is shorter). At each grid point the IQM
   across runs x tasks with a pointwise 95% CI.
+- Belief probe (rl/probe.py; experiments on `state` / `noisy_state`): per run its last probe row within the
+  budget; per method, task and input (`features`: the agent's features, `observation`: the raw observation) the
+  mean R^2 over runs with a 95% stratified-bootstrap CI (rliable's aggregate_mean), and over all tasks (task
+  "aggregate", a rectangular runs x tasks matrix as above) where the experiment has several.
 Every rliable call gets one method's data and is preceded by `np.random.seed(seed)` (rliable resamples with
 numpy's global generator), so each estimate is reproducible and independent of which other methods are present.
 """
@@ -66,7 +70,10 @@ COLUMNS = {  # estimates/<name>.csv
                "n_runs"],
     "coverage": ["experiment", "expected_runs", "complete_runs", "short_runs", "no_eval_runs", "left_out",
                  "published_note", "budget_env_steps"],
+    "probe": ["experiment", "method", "context_length", "task", "input", "estimate", "ci_low", "ci_high", "n_runs",
+              "env_step"],
 }
+PROBE_INPUTS = ("features", "observation")
 
 
 @dataclass(frozen=True)
@@ -295,9 +302,43 @@ def curve_array(rows: pd.DataFrame, selection: dict[str, list[int]], x: str, ste
 
 
 # ---------------------------------------------------------------- one experiment
+def probe_estimates(probe: pd.DataFrame, exp: Experiment, b: float, settings: Settings) -> list[dict]:
+    """Mean R^2 of the belief probe over runs, with CIs, per method, task and input (module docstring)."""
+    if probe is None or not len(probe) or not exp.probed:
+        return []
+    p = probe[probe["obs"].eq(exp.obs) & probe["task"].isin(exp.tasks) & probe["method"].isin(exp.methods)
+              & probe["context_length"].isin(exp.context_lengths) & probe["seed"].isin(exp.seeds)
+              & probe["complete"].astype(bool) & (probe["env_step"] <= BUDGET_SLACK * b)]
+    keys = ["method", "context_length", "task", "seed"]
+    final = p.sort_values("env_step", kind="stable").groupby(keys).tail(1)
+    out = []
+    for (method, ctx), f in final.groupby(["method", "context_length"]):
+        ids = dict(experiment=exp.name, method=method, context_length=int(ctx))
+        for inp in PROBE_INPUTS:
+            col = f"{inp}_r2"
+            fi = f.dropna(subset=[col]).rename(columns={col: "score"})
+            for task in exp.tasks:
+                ft = fi[fi["task"] == task]
+                if ft.empty:
+                    continue
+                point, ci = interval_estimate(ft[["score"]].to_numpy(float), metrics.aggregate_mean,
+                                              settings.reps, settings.seed)
+                out.append(dict(ids, task=task, input=inp, estimate=point[0], ci_low=ci[0, 0], ci_high=ci[1, 0],
+                                n_runs=len(ft), env_step=int(ft["env_step"].max())))
+            sel = select_runs(fi, exp.tasks, f"{exp.name}/{method}/probe") if len(exp.tasks) > 1 else None
+            if sel is not None:
+                m = score_matrix(fi, sel)
+                point, ci = interval_estimate(m, metrics.aggregate_mean, settings.reps, settings.seed)
+                out.append(dict(ids, task="aggregate", input=inp, estimate=point[0], ci_low=ci[0, 0],
+                                ci_high=ci[1, 0], n_runs=m.shape[0], env_step=int(fi["env_step"].max())))
+    return out
+
+
 def estimate_experiment(scores: pd.DataFrame, runs: pd.DataFrame, exp: Experiment, settings: Settings,
-                        from_config: bool, published: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
-    """All estimates of one experiment, as DataFrames named like ESTIMATE_FILES."""
+                        from_config: bool, published: pd.DataFrame | None = None,
+                        probe: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+    """All estimates of one experiment, as DataFrames named like ESTIMATE_FILES (`probe`: the collected probe
+    table, analysis.collect.PROBE_COLUMNS)."""
     rows = experiment_rows(scores, exp)
     out = {k: [] for k in ESTIMATE_FILES}
     out["coverage"] = [coverage(exp, runs, from_config, settings, published)]
@@ -370,6 +411,7 @@ def estimate_experiment(scores: pd.DataFrame, runs: pd.DataFrame, exp: Experimen
         if exp.kind == "context":
             out["curves"] += curve_rows(r, sel, "wall_clock_h", wall_step, np.inf, ids, "aggregate", settings)
     out["improvement"] = improvement_rows(exp, matrices, settings)
+    out["probe"] = probe_estimates(probe, exp, b, settings)
     return _frames(out)
 
 
@@ -446,9 +488,10 @@ def coverage_note(coverage: pd.DataFrame, experiment: str) -> str:
 
 # ---------------------------------------------------------------- all experiments
 def estimate_all(scores: pd.DataFrame, runs: pd.DataFrame, experiments: list[Experiment], settings: Settings,
-                 from_config: bool, published: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
+                 from_config: bool, published: pd.DataFrame | None = None,
+                 probe: pd.DataFrame | None = None) -> dict[str, pd.DataFrame]:
     """`published`: the status of the published score files (collect's published.csv), for the coverage notes."""
-    parts = [estimate_experiment(scores, runs, e, settings, from_config, published) for e in experiments]
+    parts = [estimate_experiment(scores, runs, e, settings, from_config, published, probe) for e in experiments]
     out = {}
     for name in ESTIMATE_FILES:
         frames = [p[name] for p in parts if len(p[name])]

@@ -13,7 +13,13 @@ analysis/plan.py):
   one line per method, as in the paper), `<prefix>_by_length` (one row per method, return vs env steps and vs
   wall-clock hours, one line per context length), `<prefix>_budget` (env steps reached within the budget),
   `<prefix>_improvement`.
+- main experiment on `state` / `noisy_state`: `<prefix>_probe`, the belief probe (rl/probe.py): R^2 of a ridge
+  read-out of the true state from each method's features (its colour) and from the raw observation (grey,
+  hatched), mean over runs with 95% CIs, one panel per task (and all tasks).
 - `fig6_update_step` (Fig. 6): forward and update time vs context length, from bench/update_step.json.
+Published curves are DreamerV3's own logs: the return of its *training* episodes (stochastic policy), averaged per
+evaluation interval; ours are *evaluation* episodes (deterministic policy). Every figure that shows them says so
+(`PUBLISHED_NOTE`).
 A figure whose data is missing is still written (the list of files depends on the study config only) and says
 so on its canvas; a figure of an incomplete study says "incomplete: k of n runs" in its title (and what was left
 out: runs short of the budget, runs without evaluations, published scores unavailable offline). Data without an
@@ -37,6 +43,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
 from analysis.estimates import METRICS, MIN_RUNS_FOR_CI, Settings, coverage_note  # noqa: E402
@@ -75,6 +82,8 @@ RC = {
     "figure.constrained_layout.h_pad": 0.03, "figure.constrained_layout.w_pad": 0.03,
 }
 PNG_DPI = 200
+PUBLISHED_NOTE = "published: training-episode returns, binned per eval interval; ours: evaluation episodes"
+OBSERVATION_COLOR = "0.85"   # the probe's reference, a read-out of the raw observation: light grey, hatched
 
 
 def method_color(method: str) -> str:
@@ -261,6 +270,41 @@ def improvement_figure(improvement: pd.DataFrame, title: str, note: str = "", wi
         ax.set_xlim(-0.02, 1.02)
         ax.grid(axis="y", visible=False)
         ax.set_xlabel("P(KalMamba > method)")
+        _suptitle(fig, title, note)
+    return fig
+
+
+def probe_figure(probe: pd.DataFrame, methods: list[str], tasks: list[str], title: str, note: str = "") -> Figure:
+    """Belief probe: per method, test-half R^2 of a ridge read-out of the true state from its features (method
+    colour) and from the raw observation (grey, hatched); bar = 95% CI, tick = mean over runs; one panel per task
+    (plus all tasks where there are several)."""
+    panels = ["aggregate", *tasks] if len(tasks) > 1 else list(tasks)
+    n = len(methods)
+    with _style():
+        fig, axes, ncols, spare = _grid(len(panels), row_height=0.3 + 0.34 * n, sharex=True, sharey=True)
+        for k_ax, (ax, panel) in enumerate(zip(axes, panels)):
+            d = probe[probe["task"] == panel]
+            for i, m in enumerate(methods):
+                for k, inp in enumerate(("features", "observation")):
+                    r = d[(d["method"] == m) & (d["input"] == inp)]
+                    if r.empty:
+                        continue
+                    r, y = r.iloc[0], i + (k - 0.5) * 0.4
+                    ax.barh(y, r["ci_high"] - r["ci_low"], left=r["ci_low"], height=0.36,
+                            color=method_color(m) if inp == "features" else OBSERVATION_COLOR, alpha=0.85,
+                            hatch=None if inp == "features" else "////", edgecolor="0.45", lw=0)
+                    ax.vlines(r["estimate"], y - 0.2, y + 0.2, color="black", lw=1.0, clip_on=False)
+            ax.set_title("all tasks" if panel == "aggregate" else panel)
+            ax.set_yticks(range(n), [display_name(m) for m in methods])
+            ax.set_ylim(n - 0.5, -0.5)
+            ax.set_xlim(right=1.02)
+            ax.grid(axis="y", visible=False)
+            if k_ax >= len(panels) - ncols:
+                ax.set_xlabel("R² of the true state")
+                ax.xaxis.set_tick_params(labelbottom=True)
+        handles = [Patch(facecolor="0.35", label="features (method colour)"),
+                   Patch(facecolor=OBSERVATION_COLOR, hatch="////", edgecolor="0.45", label="raw observation")]
+        fig.legend(handles=handles, loc="outside lower center", ncol=2, handlelength=1.6)
         _suptitle(fig, title, note)
     return fig
 
@@ -454,18 +498,17 @@ def _of(df: pd.DataFrame, experiment: str) -> pd.DataFrame:
 
 def experiment_figures(est: dict[str, pd.DataFrame], exp: Experiment, settings: Settings) -> dict[str, Figure]:
     note = coverage_note(est.get("coverage", pd.DataFrame()), exp.name)
-    agg, cur, prof, imp, fin = (_of(est.get(k, pd.DataFrame()), exp.name)
-                                for k in ("aggregate", "curves", "profiles", "improvement", "final"))
+    agg, cur, prof, imp, fin, prb = (_of(est.get(k, pd.DataFrame()), exp.name)
+                                     for k in ("aggregate", "curves", "profiles", "improvement", "final", "probe"))
     name = EXPERIMENT_TITLES.get(exp.name, exp.name)
     figs = {}
 
-    def make(fname, title, ok: bool, build):
+    def make(fname, title, ok: bool, build, why: str = f"no complete runs for {exp.name}"):
         if ok:
             figs[fname] = build()
         else:
             log.warning("%s: no data yet; writing a placeholder", fname)
-            figs[fname] = message_figure(title, f"no data: no complete runs for {exp.name}" +
-                                         (f"\n({note})" if note else ""))
+            figs[fname] = message_figure(title, f"no data: {why}" + (f"\n({note})" if note else ""))
 
     present = sort_methods(agg["method"]) if len(agg) else []
     if exp.kind == "main":
@@ -476,8 +519,10 @@ def experiment_figures(est: dict[str, pd.DataFrame], exp: Experiment, settings: 
             p = f"{exp.prefix}{suffix}"
             make(f"{p}_aggregate", f"{name}{label}: final score", bool(methods),
                  lambda: aggregate_figure(agg, methods, f"{name}{label}: final score", note))
+            shows_published = any(m.endswith(PUBLISHED_SUFFIX) for m in methods)
+            curve_note = "; ".join(t for t in (note, PUBLISHED_NOTE if shows_published else "") if t)
             make(f"{p}_curves", f"{name}{label}: return", bool(methods),
-                 lambda: curves_figure(cur, methods, list(exp.tasks), f"{name}{label}: return", note))
+                 lambda: curves_figure(cur, methods, list(exp.tasks), f"{name}{label}: return", curve_note))
             make(f"{p}_profiles", f"{name}{label}: score distributions", bool(methods),
                  lambda: profiles_figure(prof, methods, f"{name}{label}: score distributions", note))
     else:
@@ -494,6 +539,11 @@ def experiment_figures(est: dict[str, pd.DataFrame], exp: Experiment, settings: 
         make(f"{exp.prefix}_budget", f"{title}: env steps reached{hours}", bool(present),
              lambda: budget_figure(fin, present, ctxs, settings.env_steps,
                                    f"{title}: env steps reached{hours}", note))
+    if exp.probed:
+        probed = [m for m in sort_methods(prb["method"])] if len(prb) else []
+        make(f"{exp.prefix}_probe", f"{name}: belief probe", bool(probed),
+             lambda: probe_figure(prb, probed, list(exp.tasks), f"{name}: belief probe", note),
+             why=f"no probe results for {exp.name} (complete runs with >= 2 evaluation episodes)")
     if exp.compares_kalmamba:
         make(f"{exp.prefix}_improvement", f"{name}: probability of improvement", len(imp) > 0,
              lambda: improvement_figure(imp, f"{name}: probability of improvement", note,

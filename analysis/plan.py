@@ -4,7 +4,8 @@ the analysis writes for it.
 An *experiment* is one grid of the study YAML (`experiments: {name: {obs, tasks, methods, context_lengths}}`):
 - a "main" experiment (one context length analysed: the study's `main_context_length`) gives aggregate interval
   estimates, per-task curves, performance profiles and probability of improvement (Fig. 3 `pixels`,
-  Fig. 4 `noisy_state`); if its methods include KalMamba ablations, these get their own panel set;
+  Fig. 4 `noisy_state`); if its methods include KalMamba ablations, these get their own panel set; on `state` or
+  `noisy_state` also the belief probe's R^2 (rl/probe.py: `<prefix>_probe`, `tables/probe_<name>`);
 - a "context" experiment (`context`, or any grid with >= 2 context lengths) gives return vs env steps and vs
   wall-clock hours (one panel per context length; and one line per context length, one row per method), and the
   env steps reached within the budget (Fig. 5).
@@ -26,7 +27,9 @@ PUBLISHED_SUFFIX = " (published)"
 FIGURE_PREFIX = {"pixels": "fig3_pixels", "state": "state", "noisy_state": "fig4_noisy_state", "context": "fig5_context"}
 UPDATE_STEP_FIGURE = "fig6_update_step"
 DEFAULT_MAIN_CONTEXT = 32
-ESTIMATE_FILES = ("final", "aggregate", "per_task", "profiles", "improvement", "curves", "coverage")
+ESTIMATE_FILES = ("final", "aggregate", "per_task", "profiles", "improvement", "curves", "coverage", "probe")
+# Observation types whose runs write probe.csv (rl/probe.py; tests/test_analysis.py keeps them in step).
+PROBED_OBS = ("state", "noisy_state")
 DISPLAY_NAMES = {
     "kalmamba": "KalMamba", "rssm": "RSSM", "vrkn": "VRKN", "sac": "SAC", "dreamerv3": "DreamerV3",
     "kalmamba_no_mamba": "KalMamba w/o Mamba", "kalmamba_no_dropout": "KalMamba w/o MC dropout",
@@ -55,6 +58,11 @@ class Experiment:
         return ("kalmamba", *abl) if abl else ()
 
     @property
+    def probed(self) -> bool:
+        """A main experiment on states: its runs carry the belief probe (probe figure and table)."""
+        return self.kind == "main" and self.obs in PROBED_OBS
+
+    @property
     def compares_kalmamba(self) -> bool:
         return "kalmamba" in self.methods and len(self.methods) >= 2
 
@@ -73,6 +81,8 @@ class Experiment:
                 names += [f"{p}_ablations_aggregate", f"{p}_ablations_curves", f"{p}_ablations_profiles"]
         if self.compares_kalmamba:
             names.append(f"{p}_improvement")
+        if self.probed:
+            names.append(f"{p}_probe")
         return names
 
 
@@ -182,14 +192,16 @@ def expected_figures(study_cfg: dict[str, Any] | str | Path) -> list[str]:
 
 
 def expected_tables(study_cfg: dict[str, Any] | str | Path) -> list[str]:
-    """Basenames of the tables `python -m analysis tables` writes (each as .md and .tex)."""
-    return [f"final_{e.name}" for e in experiments_from_config(_as_dict(study_cfg))]
+    """Basenames of the tables `python -m analysis tables` writes (each as .md and .tex): final returns per
+    experiment, belief-probe R^2 per probed experiment."""
+    exps = experiments_from_config(_as_dict(study_cfg))
+    return [f"final_{e.name}" for e in exps] + [f"probe_{e.name}" for e in exps if e.probed]
 
 
 def expected_outputs(study_cfg: dict[str, Any] | str | Path) -> list[str]:
     """Every file `python -m analysis all` writes, relative to `--results`."""
     cfg = _as_dict(study_cfg)
-    return (["scores.csv", "incomplete.csv", "runs.csv", "published.csv"]
+    return (["scores.csv", "incomplete.csv", "runs.csv", "published.csv", "probe.csv"]
             + [f"estimates/{n}.csv" for n in ESTIMATE_FILES]
             + [f"figures/{f}.{ext}" for f in expected_figures(cfg) for ext in ("pdf", "png")]
             + [f"tables/{t}.{ext}" for t in expected_tables(cfg) for ext in ("md", "tex")])

@@ -12,8 +12,9 @@ the left). Binned, "the return at env step k*b" means about the same for every f
 of a dmc_vision-dreamerv3 run is a single training episode.
 
 Rows (docs/architecture.md, "Tidy scores table"): source "published", method from the file (`dreamerv3`),
-obs from the suite (`dmc_vision` -> `pixels`; `dmc_proprio` -> `proprio`: clean states, which no kalbench
-experiment has, so they never mix with `noisy_state` runs), task in kalbench's spelling (`walker-walk`),
+obs from the suite (`dmc_vision` -> `pixels`; `dmc_proprio` -> `state`: DMC's flattened state vector without
+noise, kalbench's `state` observation type, so they are overlaid on `state` panels and never mix with `noisy_state`
+runs), task in kalbench's spelling (`walker-walk`),
 context_length empty (published methods have none), seed from the file, env_step, wall_clock_s NaN,
 return, score = return / 1000, complete True.
 
@@ -60,7 +61,7 @@ PINNED_SHA256 = {
     "dmc_vision-ppo_fixhp.json.gz": "7cd24804d6596759c1bfc52d76c0c95badbd96ceae3239ef1602755c8b17c8e0",
     "dmc_vision-sac.json.gz": "1d8f352472da8016c113053eba46b4274fc3dac20e1a4eb05ed38267e2a26aa9",
 }
-SUITE_OBS = {"dmc_vision": "pixels", "dmc_proprio": "proprio"}
+SUITE_OBS = {"dmc_vision": "pixels", "dmc_proprio": "state"}
 MAX_RETURN = 1000.0  # DMC: score = return / 1000
 COLUMNS = ["source", "method", "obs", "task", "context_length", "seed", "env_step", "wall_clock_s", "return",
            "score", "complete"]

@@ -1,5 +1,6 @@
 """Final-score tables: IQM return [95% CI] per method and task, plus the aggregate IQM over all tasks, as
-Markdown and LaTeX (booktabs). One table per experiment: `tables/final_<experiment>.{md,tex}`.
+Markdown and LaTeX (booktabs). One table per experiment: `tables/final_<experiment>.{md,tex}`; and per experiment
+on states the belief probe's R^2 [95% CI]: `tables/probe_<experiment>.{md,tex}`.
 
 Returns are shown (= 1000 x normalised score); the aggregate column is the IQM over runs x tasks (rliable).
 A cell without an interval (fewer than 2 runs: analysis/estimates.py, MIN_RUNS_FOR_CI) says how many runs it
@@ -83,14 +84,48 @@ def to_latex(table: pd.DataFrame, title: str, label: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _r2_cell(row) -> str:
+    return f"{row['estimate']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+
+
+def probe_table(probe: pd.DataFrame, exp: Experiment) -> pd.DataFrame:
+    """Strings: one row per method, per task (and all tasks) the belief probe's R^2 from the features and from
+    the raw observation, mean over runs [95% CI]."""
+    p = probe[probe["experiment"] == exp.name] if len(probe) else probe
+    panels = ["aggregate", *exp.tasks] if len(exp.tasks) > 1 else list(exp.tasks)
+    rows = []
+    for m in sort_methods(list(p["method"]) if len(p) else []):
+        row = {"Method": display_name(m)}
+        for t in panels:
+            for inp, word in (("features", "features"), ("observation", "observation")):
+                r = p[(p["method"] == m) & (p["task"] == t) & (p["input"] == inp)]
+                row[f"{'all tasks' if t == 'aggregate' else t}: {word}"] = _r2_cell(r.iloc[0]) if len(r) else MISSING
+        rows.append(row)
+    columns = ["Method"] + [f"{'all tasks' if t == 'aggregate' else t}: {w}" for t in panels
+                            for w in ("features", "observation")]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def probe_caption(exp: Experiment, note: str = "") -> str:
+    return (f"{exp.name}: belief probe, test-half R^2 of a ridge read-out of the true state from the agent's "
+            "features and from the raw observation at the last evaluation, mean over runs [95% stratified-bootstrap "
+            "CI] (rl/probe.py)." + (f" ({note})" if note else ""))
+
+
 def write_tables(results_dir: str | Path, est: dict[str, pd.DataFrame], experiments: list[Experiment]) -> list[Path]:
     out = Path(results_dir) / "tables"
     paths = []
     for exp in experiments:
+        note = coverage_note(est.get("coverage", pd.DataFrame()), exp.name)
         table = final_table(est.get("per_task", pd.DataFrame()), est.get("aggregate", pd.DataFrame()), exp)
         without_ci = table.drop(columns=["Method", "Context"], errors="ignore").apply(
             lambda col: col.str.contains("(n=", regex=False)).to_numpy().any()
-        title = caption(exp, coverage_note(est.get("coverage", pd.DataFrame()), exp.name), bool(without_ci))
+        title = caption(exp, note, bool(without_ci))
         paths.append(atomic_write_text(out / f"final_{exp.name}.md", to_markdown(table, title)))
         paths.append(atomic_write_text(out / f"final_{exp.name}.tex", to_latex(table, title, f"tab:final_{exp.name}")))
+        if exp.probed:
+            table, title = probe_table(est.get("probe", pd.DataFrame()), exp), probe_caption(exp, note)
+            paths.append(atomic_write_text(out / f"probe_{exp.name}.md", to_markdown(table, title)))
+            paths.append(atomic_write_text(out / f"probe_{exp.name}.tex",
+                                           to_latex(table, title, f"tab:probe_{exp.name}")))
     return paths

@@ -28,8 +28,8 @@ Models: each method's default config (`rl.methods.make_model_config`) with the l
 `--latent-dim` (default 230, VRKN's `lod`): KalMamba and VRKN `latent_dim`; RSSM stochastic + deterministic
 state = 30 + 200 (the VRKN repo's RSSM, digest §9.3), scaled proportionally for other sizes; then any
 `--set METHOD.FIELD=VALUE` (e.g. `--set kalmamba.d_state=8`). SAC: `SACConfig()`.
-Inputs are random batches shaped like the environment's: `noisy_state` (B, T, --obs-dim) float32 (walker: 24)
-or `pixels` (B, T, 3, 64, 64) uint8, actions in [-1, 1] (--action-dim, walker: 6), rewards in [0, 1].
+Inputs are random batches shaped like the environment's: `noisy_state` or `state` (B, T, --obs-dim) float32
+(walker: 24; the two differ only inside the environment, so they time the same) or `pixels` (B, T, 3, 64, 64) uint8, actions in [-1, 1] (--action-dim, walker: 6), rewards in [0, 1].
 
 Output: a table on stdout and JSON at `--out` (docs/architecture.md, "Benchmark JSON"; read by
 analysis/figures.py for Fig. 6):
@@ -62,7 +62,7 @@ from rl.io import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 METHODS = ("kalmamba", "rssm", "vrkn")
-OBS_TYPES = ("noisy_state", "pixels")
+OBS_TYPES = ("noisy_state", "state", "pixels")   # the study schema's benchmark.obs
 IMAGE_SHAPE = (3, 64, 64)
 RSSM_STOCH_FRACTION = 30 / 230          # RSSM stochastic share of the latent (VRKN repo: 30 of 200 + 30)
 

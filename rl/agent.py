@@ -51,6 +51,7 @@ class Agent:
         self.normalize_obs = normalize_obs
         self.obs_mean: Tensor | None = None   # (O,) set by fit_obs_normalizer
         self.obs_std: Tensor | None = None
+        self.last_features: Tensor | None = None   # (F,) features of the latest `act` call
         self.world_model = world_model.to(self.device)
         self.sac = sac.to(self.device)
         params = list(world_model.parameters())
@@ -119,6 +120,7 @@ class Agent:
         model_state, prev_action = state
         obs_t = self._normalize(torch.as_tensor(obs, device=self.device).unsqueeze(0))
         feat, model_state = self.world_model.observe(model_state, obs_t, prev_action)
+        self.last_features = feat[0]   # (F,) what SAC acted on: read by the belief probe (rl/probe.py)
         action = self.sac.act(feat, deterministic)
         return action[0].cpu().numpy(), (model_state, action)
 

@@ -3,6 +3,7 @@
 `make_env("walker-walk", "pixels", seed=0)` gives an environment with
     reset(seed=None) -> obs             step(action) -> (obs, reward, done, info)
     observation_shape, action_dim, action_repeat, episode_length
+    true_state() -> the clean flattened state behind the latest observation (for the belief probe, rl/probe.py)
 Observation types:
 - `pixels`: 64x64 RGB uint8 in CHW layout, camera 0 (quadruped: camera 2, as in Dreamer).
 - `state`: the concatenation of all entries of DMC's observation dict (in the dict's order, each flattened),
@@ -111,6 +112,7 @@ class DMCEnv:
         else:
             self.observation_shape = (sum(int(np.prod(s.shape)) for s in self._env.observation_spec().values()),)
         self._steps = 0
+        self._true_state: np.ndarray | None = None
 
     @property
     def physics(self):
@@ -143,16 +145,26 @@ class DMCEnv:
                 break
         return self._observe(ts.observation), reward, done, {"env_steps": self._steps}
 
+    def true_state(self) -> np.ndarray:
+        """The simulator state behind the latest observation (of `reset` or `step`), as the agent would see it
+        without noise: DMC's observation dict flattened (`flatten_state`), float64 (S,), for every observation
+        type (equal to the `state` observation; the `noisy_state` observation before its noise). Read by the
+        belief probe (rl/probe.py), never by the agent. RuntimeError before the first `reset`."""
+        if self._true_state is None:
+            raise RuntimeError("true_state(): no observation yet; call reset() first")
+        return self._true_state.copy()
+
     def close(self) -> None:
         """Free the simulator and its rendering context (otherwise freed at interpreter exit, where
         dm_control's OSMesa/EGL cleanup can fail noisily)."""
         self._env.physics.free()
 
     def _observe(self, observation: dict) -> np.ndarray:
+        self._true_state = flatten_state(observation)
         if self.obs_type == "pixels":
             img = self._env.physics.render(height=self.image_size, width=self.image_size, camera_id=self.camera_id)
             return np.ascontiguousarray(img.transpose(2, 0, 1))
-        state = flatten_state(observation)
+        state = self._true_state
         if self.obs_noise_std > 0:
             state = state + self._noise_rng.normal(0.0, self.obs_noise_std, size=state.shape)
         return state.astype(np.float32)

@@ -2,6 +2,7 @@
 
     config.json    resolved RunConfig + provenance; a restart appends to "restarts"
     eval.csv       env_step, wall_clock_s, return_mean, return_std, episodes
+    probe.csv      env_step, features_r2, observation_r2 (state / noisy_state runs: the belief probe, rl/probe.py)
     train.csv      env_step, wall_clock_s, updates, <loss terms>, train_return, fps
     checkpoint.pt  everything needed to resume bit-for-bit
     replay/        the replay episodes the checkpoint refers to (removed once DONE unless keep_replay)
@@ -26,6 +27,7 @@ import pandas as pd
 import torch
 
 from rl.io import atomic_save, atomic_to_csv, atomic_write_text
+from rl.probe import PROBE_COLUMNS
 
 EVAL_COLUMNS = ["env_step", "wall_clock_s", "return_mean", "return_std", "episodes"]
 PACKAGES = ("torch", "numpy", "dm_control", "mujoco", "pandas", "kalbench", "mamba_ssm")
@@ -76,6 +78,7 @@ class RunDir:
         self.config = self.path / "config.json"
         self.eval_csv = self.path / "eval.csv"
         self.train_csv = self.path / "train.csv"
+        self.probe_csv = self.path / "probe.csv"
         self.checkpoint = self.path / "checkpoint.pt"
         self.replay = self.path / "replay"
         self.done = self.path / "DONE"
@@ -101,7 +104,10 @@ class RunDir:
         atomic_write_text(self.config, json.dumps(data, indent=2) + "\n")
 
     def write_eval(self, rows: list[dict[str, Any]]) -> None:
+        """eval.csv from the evaluation rows; and probe.csv from their probe fields where the run has a probe."""
         atomic_to_csv(pd.DataFrame(rows, columns=EVAL_COLUMNS), self.eval_csv)
+        if any("features_r2" in row for row in rows):
+            atomic_to_csv(pd.DataFrame(rows, columns=PROBE_COLUMNS), self.probe_csv)
 
     def write_train(self, rows: list[dict[str, Any]]) -> None:
         if not rows:

@@ -42,6 +42,7 @@ from rl import methods
 from rl.agent import NonFiniteLossError
 from rl.config import RunConfig, parse_args
 from rl.envs import make_env
+from rl.probe import ProbeRecorder, recorder_for
 from rl.replay import EpisodeReplay
 from rl.rundir import RunDir, provenance
 
@@ -147,8 +148,9 @@ class Trainer:
         return {"sums": {}, "n": 0, "returns": [], "env_step": env_step, "wall": wall}
 
     # ------------------------------------------------------------------ episodes
-    def run_episode(self, env, seed: int, mode: str) -> dict[str, Any]:
-        """mode: 'random' (uniform actions), 'explore' (stochastic policy) or 'eval' (deterministic)."""
+    def run_episode(self, env, seed: int, mode: str, probe: ProbeRecorder | None = None) -> dict[str, Any]:
+        """mode: 'random' (uniform actions), 'explore' (stochastic policy) or 'eval' (deterministic).
+        probe: records (features, observation, true state) at every acting step (rl/probe.py)."""
         obs = env.reset(seed=seed)
         observations, actions, rewards = [obs], [], []
         state = None if mode == "random" else self.agent.initial_state()
@@ -159,6 +161,8 @@ class Trainer:
                 action = self.explore_rng.uniform(-1.0, 1.0, size=env.action_dim).astype(np.float32)
             else:
                 action, state = self.agent.act(obs, state, deterministic=mode == "eval")
+                if probe is not None:
+                    probe.record(self.agent.last_features.cpu(), obs, env.true_state())
             obs, reward, done, info = env.step(action)
             observations.append(obs)
             actions.append(action)
@@ -171,14 +175,19 @@ class Trainer:
 
     def evaluate(self) -> None:
         wall = self.wall_clock()
-        returns = []
+        returns, probe = [], recorder_for(self.cfg.obs)
         with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
             for i in range(self.cfg.eval_episodes):
-                ep = self.run_episode(self.eval_env, episode_seed(self.cfg.seed, EVAL_STREAM, self.evals, i), "eval")
+                if probe is not None:
+                    probe.start_episode()
+                ep = self.run_episode(self.eval_env, episode_seed(self.cfg.seed, EVAL_STREAM, self.evals, i), "eval",
+                                      probe)
                 returns.append(ep["return"])
         self.evals += 1
         row = {"env_step": self.env_step, "wall_clock_s": wall, "return_mean": float(np.mean(returns)),
                "return_std": float(np.std(returns)), "episodes": len(returns)}
+        if probe is not None:   # features_r2, observation_r2: probe.csv (rl.rundir)
+            row.update(probe.result())
         self.eval_rows.append(row)
         self.rundir.write_eval(self.eval_rows)
         self.say(f"eval  env_step {self.env_step:>9}  return {row['return_mean']:8.1f} ± {row['return_std']:.1f}")

@@ -13,6 +13,8 @@ Known structure:
   last evaluation at 6000);
 - noisy_state/cheetah-run/sac/ctx32/seed1 has no DONE (running, evaluated up to 5000);
 - context: noisy_state/walker-walk/rssm/ctx128/seed2 has no directory (missing).
+- every run on states writes probe.csv (one row per evaluation): features_r2 = PROBE_LEVEL[method] - 0.02 seed
+  + step / 1e6, observation_r2 = 0.55 + 0.01 seed (the last row within the budget is what the analysis shows).
 `make_published(path)` writes SYNTHETIC "published" reference rows (tidy CSV, source=published) for the pixel
 tasks: dreamerv3 with 5 seeds, logged every 250 env steps from 250 on (denser than our evaluations).
 """
@@ -46,6 +48,7 @@ PAST_BUDGET = ("pixels", "walker-walk", "rssm", 32, 0)
 RUNNING = ("noisy_state", "cheetah-run", "sac", 32, 1)
 MISSING = ("noisy_state", "walker-walk", "rssm", 128, 2)
 SLOW = ("vrkn", 128)  # (method, context length) stopped by the wall clock
+PROBE_LEVEL = {"kalmamba": 0.9, "rssm": 0.8, "vrkn": 0.85, "sac": 0.55}
 MEAN_LEVEL = {"kalmamba": 800, "rssm": 700, "vrkn": 820, "sac": 300, "dreamerv3": 600, "kalmamba_no_mamba": 450,
               "kalmamba_no_dropout": 700, "kalmamba_no_reg": 650}
 
@@ -66,6 +69,10 @@ def write_run(d: Path, key: tuple, ev: pd.DataFrame, done: dict | None) -> None:
     ev.assign(return_std=10.0, episodes=5).to_csv(d / "eval.csv", index=False)
     pd.DataFrame({"env_step": ev["env_step"], "wall_clock_s": ev["wall_clock_s"], "updates": ev["env_step"] // 2,
                   "loss": 1.0, "fps": 100.0}).to_csv(d / "train.csv", index=False)
+    if obs != "pixels":
+        pd.DataFrame({"env_step": ev["env_step"],
+                      "features_r2": PROBE_LEVEL[method] - 0.02 * seed + ev["env_step"] / 1e6,
+                      "observation_r2": 0.55 + 0.01 * seed}).to_csv(d / "probe.csv", index=False)
     if done is not None:
         (d / "DONE").write_text(json.dumps(done))
 

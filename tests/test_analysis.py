@@ -19,7 +19,7 @@ from rliable import library, metrics
 
 from analysis import collect, estimates, figures, plan
 from analysis.__main__ import main
-from tests.analysis_fixtures import (BUDGET, EVAL_EVERY, MISSING, PAST_BUDGET, PUBLISHED_EVERY, RUNNING,
+from tests.analysis_fixtures import (BUDGET, EVAL_EVERY, MISSING, PAST_BUDGET, PROBE_LEVEL, PUBLISHED_EVERY, RUNNING,
                                      SLOW, SMALL_BUDGET, make_published, make_study, ramp, small_study,
                                      write_small_run)
 
@@ -357,6 +357,9 @@ def test_colours_per_method_are_consistent_and_published_is_dashed(figs):
     assert lines["KalMamba"].get_linestyle() == "-" and lines["DreamerV3 (published)"].get_linestyle() == "--"
     colours = [figures.method_color(m) for m in plan.METHOD_ORDER]
     assert len(set(colours)) == len(colours)
+    # a curve figure with published references says what their return is; one without says nothing about it
+    assert "training-episode returns" in figs["fig3_pixels_curves"]._suptitle.get_text()
+    assert "training-episode" not in figs["fig4_noisy_state_curves"]._suptitle.get_text()
 
 
 def test_update_step_figure_names_skipped_cases():
@@ -412,6 +415,40 @@ def test_tables_parse_and_hold_the_estimates(study):
     md = (study["root"] / "tables" / "final_pixels.md").read_text()
     assert f"| KalMamba | " in md and cell in md
     assert "incomplete: 23 of 24 runs" in (study["root"] / "tables" / "final_noisy_state.md").read_text()
+
+
+# ---------------------------------------------------------------- belief probe
+def test_probe_table_and_estimates_equal_rliable_on_the_last_row_within_the_budget(study):
+    """Known structure (analysis_fixtures): features_r2 = level - 0.02 seed + step / 1e6 at the last evaluation within
+    the budget (10000; the past-budget rows of the pixel run do not matter: pixels have no probe)."""
+    from rl.probe import PROBED_OBS
+
+    assert plan.PROBED_OBS == PROBED_OBS
+    table = collect.read_probe(study["root"] / "probe.csv")
+    assert list(table.columns) == collect.PROBE_COLUMNS and set(table["obs"]) == {"noisy_state"}
+    assert not table.loc[table["method"].eq("sac") & table["seed"].eq(1) & table["task"].eq("cheetah-run"),
+                         "complete"].any()   # the running run's rows are there, marked incomplete
+    pr = study["est"]["probe"]
+    assert set(pr["experiment"]) == {"noisy_state"}   # main experiments on states only (not `context`)
+    for method in ("kalmamba", "rssm", "vrkn", "sac"):
+        for task in ("walker-walk", "cheetah-run", "aggregate"):
+            complete = {t: [s for s in (0, 1, 2) if (t, method, s) != ("cheetah-run", "sac", 1)]
+                        for t in ("walker-walk", "cheetah-run")}
+            tasks = list(complete) if task == "aggregate" else [task]
+            n = min(len(complete[t]) for t in tasks)   # a rectangular matrix: each task's n lowest seeds
+            for inp in ("features", "observation"):
+                value = {"features": lambda s: PROBE_LEVEL[method] - 0.02 * s + BUDGET / 1e6,
+                         "observation": lambda s: 0.55 + 0.01 * s}[inp]
+                m = np.array([[value(complete[t][i]) for t in tasks] for i in range(n)])
+                point, ci = seeded(library.get_interval_estimates, {"m": m}, metrics.aggregate_mean, reps=REPS)
+                row = pr[(pr["method"] == method) & (pr["task"] == task) & (pr["input"] == inp)]
+                assert len(row) == 1, (method, task, inp)
+                assert_matches(row.iloc[0][["estimate", "ci_low", "ci_high"]].to_numpy(float), point["m"],
+                               np.ravel(ci["m"]))
+                assert row.iloc[0]["n_runs"] == n
+    md = (study["root"] / "tables" / "probe_noisy_state.md").read_text()
+    r = pr[(pr["method"] == "kalmamba") & (pr["task"] == "aggregate") & (pr["input"] == "features")].iloc[0]
+    assert f"| KalMamba | {r.estimate:.2f} [{r.ci_low:.2f}, {r.ci_high:.2f}] |" in md
 
 
 # ---------------------------------------------------------------- plan

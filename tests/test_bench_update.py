@@ -120,3 +120,17 @@ def test_bad_arguments_are_errors_naming_them(tmp_path, capsys, argv, name):
     assert bench.main(["--quick", "--silent", "--no-memory", "--out", str(out), *argv]) == 2
     assert name in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_every_observation_type_the_schema_allows_parses():
+    """config/schema.yaml's benchmark.obs and the CLI's --obs agree (a study with `obs: state` must not fail at the
+    benchmark job)."""
+    import yaml
+
+    from benchmarks.update_step import parse_args
+
+    from pathlib import Path
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "schema.yaml").read_text())
+    allowed = schema["$defs"]["benchmark"]["properties"]["obs"]["enum"]
+    assert {parse_args(["--obs", o]).obs for o in allowed} == set(allowed)

@@ -250,11 +250,40 @@ def test_load_published_dmc_vision():
     np.testing.assert_allclose(mine["score"], np.asarray(one["ys"]) / 1000)
 
 
+def test_published_dmc_proprio_is_overlaid_on_state_panels_only():
+    """DreamerV3's dmc_proprio (clean state vectors) enter the `state` experiment as '(published)' rows on its
+    evaluation grid, and never a `noisy_state` one (the local reference copy in ../shared)."""
+    from analysis import estimates, plan
+
+    path = shared_file("dmc_proprio-dreamerv3.json.gz")
+    runs = [r for r in json.loads(gzip.decompress(path.read_bytes())) if r["task"] == "dmc_cartpole_swingup"]
+    rows = collect.check_published(collect.load_published([path], tasks=["cartpole-swingup"], bin_every=10000))
+    assert set(rows["obs"]) == {"state"} and rows["seed"].nunique() == len(runs) >= 3
+    cfg = {"seeds": [0], "main_context_length": 32, "experiments": {
+        "state": {"obs": "state", "tasks": ["cartpole-swingup"], "methods": ["sac"], "context_lengths": [32]},
+        "noisy_state": {"obs": "noisy_state", "tasks": ["cartpole-swingup"], "methods": ["sac"],
+                        "context_lengths": [32]}}}
+    ours = pd.DataFrame({"source": "run", "method": "sac", "obs": ["state", "noisy_state"], "task": "cartpole-swingup",
+                         "context_length": 32, "seed": 0, "env_step": 10000, "wall_clock_s": 1.0, "return": 100.0,
+                         "score": 0.1, "complete": True})
+    scores = collect.with_published(ours, rows)
+    exps = {e.name: e for e in plan.experiments_from_config(cfg)}
+    state = estimates.experiment_rows(scores, exps["state"])
+    pub = state[state["source"] == "published"]
+    assert set(pub["method"]) == {"dreamerv3" + plan.PUBLISHED_SUFFIX} and len(pub) == len(rows)
+    one = runs[0]
+    first = np.asarray(one["ys"])[np.asarray(one["xs"]) <= 10000].mean()   # the bin (0, 10k]
+    got = pub[(pub["seed"] == one["seed"]) & (pub["env_step"] == 10000)]["return"]
+    assert got.tolist() == [pytest.approx(first, rel=1e-12)]
+    noisy = estimates.experiment_rows(scores, exps["noisy_state"])
+    assert set(noisy["source"]) == {"run"}
+
+
 def test_load_published_filters_bins_and_urls():
     path = shared_file("dmc_proprio-dreamerv3.json.gz")
     runs = json.loads(gzip.decompress(path.read_bytes()))
     rows = published.load_published(path.as_uri(), tasks=["walker-walk"], bin_every=20000)
-    assert set(rows["obs"]) == {"proprio"} and set(rows["task"]) == {"walker-walk"}
+    assert set(rows["obs"]) == {"state"} and set(rows["task"]) == {"walker-walk"}
     one = next(r for r in runs if r["task"] == "dmc_walker_walk" and r["seed"] == 1)
     xs, ys = np.asarray(one["xs"]), np.asarray(one["ys"])
     mine = rows[rows["seed"] == 1].set_index("env_step")["return"]
@@ -512,8 +541,10 @@ def test_snakemake_dry_run_renders_the_commands(tmp_path):
     assert any("python -m rl.train --method rssm" in line for line in lines)  # other methods: their own rule
     assert not any("rl.train --method dreamerv3" in line for line in lines)
     pub = next(line for line in lines if "analysis.published" in line)
-    assert pub.startswith(f"python -m analysis.published {tmp_path / 'copies' / 'dmc_vision-dreamerv3.json.gz'}"
-                          " --out results/dv3test/published/dmc_vision-dreamerv3.json.gz")
+    prefix, _, command = pub.partition("python -m analysis.published ")
+    assert "export PYTHONPATH=" in prefix, prefix   # the jobs' environment: kalbench importable, its Python first
+    assert command.startswith(f"{tmp_path / 'copies' / 'dmc_vision-dreamerv3.json.gz'}"
+                              " --out results/dv3test/published/dmc_vision-dreamerv3.json.gz")
 
 
 # ---------------------------------------------------------------- DreamerV3 itself (its own environment)

@@ -31,6 +31,20 @@ def test_planet_action_repeat_defaults():
     assert {t: envs.default_action_repeat(t) for t in expected} == expected
 
 
+def test_true_state_is_the_clean_state_observation_and_needs_a_reset():
+    env = make_env("walker-walk", "state", seed=5, episode_length=10)
+    with pytest.raises(RuntimeError, match="reset"):
+        env.true_state()
+    obs = env.reset()
+    np.testing.assert_array_equal(env.true_state().astype(np.float32), obs)
+    obs, *_ = env.step(np.zeros(env.action_dim))
+    state = env.true_state()
+    assert state.dtype == np.float64 and state.shape == env.observation_shape
+    np.testing.assert_array_equal(state.astype(np.float32), obs)
+    state[:] = 0   # a copy: the probe cannot change the env
+    assert np.any(env.true_state() != 0)
+
+
 def test_noise_free_state_env_is_dm_control_bit_for_bit():
     """sigma = 0: observations, rewards (summed over the repeats) and episode end equal plain dm_control's."""
     env = make_env("cartpole-swingup", "noisy_state", seed=3, obs_noise_std=0.0, action_noise_std=0.0,
@@ -75,6 +89,7 @@ def test_observation_noise_has_the_right_std_and_never_returns_the_clean_state()
         assert reward == ts1.reward + ts2.reward  # dynamics and rewards untouched
         noisy.append(obs)
         clean.append(flat(ts2.observation))
+        np.testing.assert_array_equal(env.true_state(), clean[-1])  # the probe's target: the state before noise
     noisy, clean = np.array(noisy), np.array(clean)
     assert noisy.dtype == np.float32
     assert not np.any(noisy == clean.astype(np.float32))  # the clean value never comes through
@@ -138,6 +153,7 @@ def test_pixels_are_dm_control_renders_without_noise():
     for _ in range(8):
         ref.step(a)
     np.testing.assert_array_equal(obs, ref.physics.render(64, 64, camera_id=0).transpose(2, 0, 1))
+    np.testing.assert_array_equal(env.true_state(), flat(ref.task.get_observation(ref.physics)))
     assert not done and env.step(a)[2]
 
 

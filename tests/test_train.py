@@ -207,6 +207,10 @@ def assert_same_curve(run, reference):
     got_tr, ref_tr = (pd.read_csv(p / "train.csv", float_precision="round_trip") for p in (Path(run), reference))
     cols = [c for c in ref_tr.columns if c not in ("wall_clock_s", "fps")]
     pd.testing.assert_frame_equal(got_tr[cols], ref_tr[cols], check_exact=True)
+    # the belief probe (rl/probe.py): one row per evaluation, none duplicated by the restart
+    got_pr, ref_pr = (pd.read_csv(p / "probe.csv", float_precision="round_trip") for p in (Path(run), reference))
+    assert ref_pr["env_step"].tolist() == ref["env_step"].tolist()
+    pd.testing.assert_frame_equal(got_pr, ref_pr, check_exact=True)
 
 
 def test_sigkill_at_a_random_point_then_restart_gives_the_same_curve(reference_run, tmp_path):
@@ -356,7 +360,7 @@ BAD = [
     (["--context-length", "12"], "--context-length: 12 exceeds"),
     (["--env-steps", "lots"], "--env-steps: 'lots' is not a valid int"),
     (["--seed", "-1"], "--seed: -1"),
-    (["--obs", "rgb"], "'rgb'; valid types: pixels, noisy_state"),
+    (["--obs", "rgb"], "'rgb'; valid types: pixels, state, noisy_state"),
     (["--task", "walker-fly"], "'walker-fly'; valid tasks:"),
     (["--method", "kalman"], "'kalman'; valid methods: kalmamba, kalmamba_no_mamba"),
     (["--method", "dreamerv3"], "integrations.dreamerv3"),

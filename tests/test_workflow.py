@@ -1,6 +1,6 @@
-"""The Snakemake workflow: the study configs and their schema, the DAG of the default and paper studies (dry runs),
-the run CLI the train rule calls, failure reporting, resuming an interrupted study, and (slow) the default study
-end to end with its report.
+"""The Snakemake workflow: the study configs and their schema, the DAG of the smoke, default, validation and paper
+studies (dry runs), the run CLI the train rule calls, failure reporting, resuming an interrupted study, and (slow)
+the smoke study end to end with its report.
 
 Snakemake runs in a subprocess, as a user runs it; real runs go to a temporary working directory
 (`snakemake -s <repo>/Snakefile --directory <tmp>`), never into the repository's results/.
@@ -84,11 +84,22 @@ def tiny_study(name: str, runs: list[tuple[str, int]], **train) -> dict:
 # ---------------------------------------------------------------------------------------------------------------
 # the schema
 
-@pytest.mark.parametrize("name", ["default", "paper"])
+@pytest.mark.parametrize("name", ["default", "smoke", "paper", "validation", "validation+validation_paper_sizes"])
 def test_study_configs_are_valid(name):
-    cfg = load_config(name)
+    cfg = merged_config(*name.split("+"))
     validate(cfg, str(SCHEMA))
     assert cfg["container"] == "containers/kalbench.sif"   # the schema's default, filled in
+
+
+def merged_config(*names: str) -> dict:
+    """The study config Snakemake builds from `--configfile config/<a>.yaml config/<b>.yaml ...`: each file merged
+    into the previous ones key by key (snakemake.utils.update_config)."""
+    from snakemake.utils import update_config
+
+    cfg = load_config(names[0])
+    for name in names[1:]:
+        update_config(cfg, load_config(name))
+    return cfg
 
 
 def _set(cfg: dict, path: str, value) -> None:
@@ -106,7 +117,7 @@ def _del(cfg: dict, path: str) -> None:
 
 
 BAD_CONFIGS = {
-    # name: (change to config/default.yaml, words the message must contain)
+    # name: (change to config/smoke.yaml, words the message must contain)
     "unknown top-level key": (lambda c: _set(c, "seed", [0]), ["'seed' was unexpected"]),
     "misspelt train field": (lambda c: _set(c, "train.env_step", 10), ["train", "'env_step' was unexpected"]),
     "unknown method": (lambda c: c["experiments"]["pixels"]["methods"].append("kalmanba"),
@@ -145,7 +156,7 @@ def _validation_message(cfg: dict) -> str:
 @pytest.mark.parametrize("case", list(BAD_CONFIGS))
 def test_schema_rejects_bad_config_naming_it(case):
     change, words = BAD_CONFIGS[case]
-    cfg = load_config("default")
+    cfg = load_config("smoke")
     change(cfg)
     message = _validation_message(cfg)
     for w in words:
@@ -153,7 +164,7 @@ def test_schema_rejects_bad_config_naming_it(case):
 
 
 def test_bad_config_stops_snakemake_before_any_job(tmp_path):
-    cfg = load_config("default")
+    cfg = load_config("smoke")
     cfg["train"]["eval_episode"] = 3
     bad = write_study(tmp_path / "bad.yaml", cfg)
     out = snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(bad),
@@ -224,8 +235,8 @@ def dry_run(*args: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def default_dry_run() -> str:
-    return dry_run("--configfile", "config/default.yaml")
+def smoke_dry_run() -> str:
+    return dry_run("--configfile", "config/smoke.yaml")
 
 
 def expected_train_jobs(cfg: dict) -> int:
@@ -235,16 +246,16 @@ def expected_train_jobs(cfg: dict) -> int:
     return len(runs)
 
 
-def test_default_study_dry_run_job_counts(default_dry_run):
-    cfg = load_config("default")
+def test_smoke_study_dry_run_job_counts(smoke_dry_run):
+    cfg = load_config("smoke")
     # 6 pixel methods + 4 noisy-state methods at context 16, 3 more at context 32, each with 3 seeds
     assert expected_train_jobs(cfg) == (6 + 4 + 3) * 3
-    assert job_stats(default_dry_run) == {"train": 39, "bench": 1, "bench_kalman": 1, "study_config": 1,
+    assert job_stats(smoke_dry_run) == {"train": 39, "bench": 1, "bench_kalman": 1, "study_config": 1,
                                           "collect": 1, "estimates": 1, "figures": 1, "tables": 1, "all": 1}
 
 
-def test_default_study_covers_every_part_of_the_pipeline():
-    cfg = load_config("default")
+def test_smoke_study_covers_every_part_of_the_pipeline():
+    cfg = load_config("smoke")
     grids = cfg["experiments"].values()
     assert any(g["obs"] == "pixels" for g in grids) and any(g["obs"] == "noisy_state" for g in grids)
     methods = {m for g in grids for m in g["methods"]}
@@ -329,6 +340,64 @@ def test_paper_study_matches_the_paper():
     assert cfg["train"]["env_steps"] == 1_000_000 and cfg["train"]["wall_clock_hours"] == 24
 
 
+def test_default_study_dry_run_job_counts():
+    """The README's main command: clean-state cartpole, 4 methods x 3 seeds, both benchmarks, no published scores
+    (no network or local copy needed)."""
+    cfg = load_config("default")
+    assert expected_train_jobs(cfg) == 4 * 3
+    assert job_stats(dry_run()) == {"train": 12, "bench": 1, "bench_kalman": 1, "study_config": 1, "collect": 1,
+                                    "estimates": 1, "figures": 1, "tables": 1, "all": 1}
+
+
+def published_copy(tmp_path: Path, cfg: dict) -> str:
+    """`--config dreamerv3=...` pointing the study's published score files at empty stand-ins in tmp_path (a dry
+    run only checks that they exist)."""
+    files = cfg["dreamerv3"]["published"]["files"]
+    for name in files:
+        (tmp_path / name).write_bytes(b"")
+    return "dreamerv3=" + yaml.safe_dump({"published": {"files": files, "local_dir": str(tmp_path)}},
+                                         default_flow_style=True).strip()
+
+
+SIZE_FIELDS = {"kalmamba": ("latent_dim", "d_model", "hidden_dim"), "rssm": ("stoch_dim", "deter_dim", "hidden_dim"),
+               "vrkn": ("latent_dim", "hidden_dim"), "sac": ()}
+
+
+@pytest.mark.parametrize("paper_sizes", [False, True])
+def test_validation_study_dry_run(paper_sizes, tmp_path):
+    """config/validation.yaml: cartpole-swingup from state and noisy_state, 5 methods x 3 seeds, 100k env steps,
+    10 evaluation episodes every 10k, context 32, batch 16, one thread, small models, and nothing else changed from
+    the model configs' defaults (the study validates the defaults). Merged with validation_paper_sizes.yaml: the
+    same runs with every model and SAC setting at its default (the paper's sizes), in their own results."""
+    from models.sac import SACConfig
+    from rl import methods
+    from rl.config import parse_args
+
+    names = ["validation", "validation_paper_sizes"] if paper_sizes else ["validation"]
+    cfg = merged_config(*names)
+    out = dry_run("--configfile", *[f"config/{n}.yaml" for n in names], "--config", published_copy(tmp_path, cfg))
+    assert job_stats(out) == {"train": 30, "published_scores": 1, "study_config": 1, "collect": 1, "estimates": 1,
+                              "figures": 1, "tables": 1, "all": 1}
+    runs = [parse_args(argv) for argv in _commands(out, "rl.train")]
+    study = "validation_paper_sizes" if paper_sizes else "validation"
+    assert {(r.obs, r.method, r.seed) for r in runs} == {
+        (o, m, s) for o in ("state", "noisy_state") for m in ("kalmamba", "kalmamba_no_reg", "rssm", "vrkn", "sac")
+        for s in (0, 1, 2)}
+    for run in runs:
+        assert run.task == "cartpole-swingup" and run.context_length == 32 and run.out.startswith(f"results/{study}/")
+        assert (run.env_steps, run.eval_every, run.eval_episodes) == (100_000, 10_000, 10)
+        assert (run.batch_size, run.torch_threads) == ((32, 0) if paper_sizes else (16, 1))
+        family = methods.model_family(run.method)
+        default = dataclasses.asdict(methods.make_model_config(run.method))
+        model = dataclasses.asdict(run.model_config())
+        changed = {k for k in model if model[k] != default[k]}
+        assert changed == (set() if paper_sizes else set(SIZE_FIELDS[family])), (run.method, changed)
+        sac = dataclasses.asdict(run.sac_config())
+        sac_default = dataclasses.asdict(SACConfig(**methods.sac_defaults(run.method)))
+        assert {k for k in sac if sac[k] != sac_default[k]} == (set() if paper_sizes else {"hidden_dim", "n_layers"})
+    assert f"results/{study}/published/dmc_proprio-dreamerv3.json.gz" in out
+
+
 def _commands(dry_run_output: str, module: str) -> list[list[str]]:
     """The argument lists after `python -m MODULE` of every job's shell command (up to the log redirection)."""
     cmds = []
@@ -339,20 +408,20 @@ def _commands(dry_run_output: str, module: str) -> list[list[str]]:
     return cmds
 
 
-def test_train_commands_carry_every_study_setting(default_dry_run):
+def test_train_commands_carry_every_study_setting(smoke_dry_run):
     """Each train job's command line parses with the run CLI itself, and the resolved run config holds every value
     of the study's train:, model: and sac: sections (ablations keep their own switch)."""
     from rl import methods
     from rl.config import parse_args
 
-    cfg = load_config("default")
-    cmds = _commands(default_dry_run, "rl.train")
+    cfg = load_config("smoke")
+    cmds = _commands(smoke_dry_run, "rl.train")
     assert len(cmds) == 39
     seen = set()
     for argv in cmds:
         run = parse_args(argv)
         seen.add((run.obs, run.task, run.method, run.context_length, run.seed))
-        assert run.out == f"results/default/runs/{run.obs}/{run.task}/{run.method}/ctx{run.context_length}/seed{run.seed}"
+        assert run.out == f"results/smoke/runs/{run.obs}/{run.task}/{run.method}/ctx{run.context_length}/seed{run.seed}"
         for k, v in cfg["train"].items():
             assert getattr(run, k) == v, (k, argv)
         model = dataclasses.asdict(run.model_config())
@@ -368,36 +437,36 @@ def test_train_commands_carry_every_study_setting(default_dry_run):
     assert seen == expected_runs(cfg)
 
 
-def test_bench_command_parses_with_the_benchmark_cli(default_dry_run):
+def test_bench_command_parses_with_the_benchmark_cli(smoke_dry_run):
     from benchmarks.update_step import parse_args
 
-    (argv,) = _commands(default_dry_run, "benchmarks.update_step")
+    (argv,) = _commands(smoke_dry_run, "benchmarks.update_step")
     args = parse_args(argv)
-    bench = load_config("default")["benchmark"]
+    bench = load_config("smoke")["benchmark"]
     for k, v in bench.items():
         assert getattr(args, k) == v, k
     assert args.device == "auto"            # the schema's default: the job's GPU where it has one
-    assert args.out == "results/default/bench/update_step.json"
+    assert args.out == "results/smoke/bench/update_step.json"
 
 
-def test_kalman_bench_command_parses_with_its_cli(default_dry_run):
+def test_kalman_bench_command_parses_with_its_cli(smoke_dry_run):
     from benchmarks.kalman_scan import parse_args
 
-    (argv,) = _commands(default_dry_run, "benchmarks.kalman_scan")
+    (argv,) = _commands(smoke_dry_run, "benchmarks.kalman_scan")
     args = parse_args(argv)
-    for k, v in load_config("default")["kalman_benchmark"].items():
+    for k, v in load_config("smoke")["kalman_benchmark"].items():
         assert getattr(args, k) == v, k
-    assert args.out == "results/default/bench/kalman_scan.json"
+    assert args.out == "results/smoke/bench/kalman_scan.json"
 
 
-def test_all_ends_in_the_planned_figures_and_tables(default_dry_run):
+def test_all_ends_in_the_planned_figures_and_tables(smoke_dry_run):
     from analysis.plan import expected_figures, expected_tables
 
-    cfg = load_config("default")
-    all_inputs = re.search(r"rule all:\n\s+input: (.*)\n", default_dry_run).group(1).split(", ")
-    expected = ([f"results/default/figures/{f}.{e}" for f in expected_figures(cfg) for e in ("pdf", "png")]
-                + [f"results/default/tables/{t}.{e}" for t in expected_tables(cfg) for e in ("md", "tex")]
-                + ["results/default/bench/kalman_scan.json"])
+    cfg = load_config("smoke")
+    all_inputs = re.search(r"rule all:\n\s+input: (.*)\n", smoke_dry_run).group(1).split(", ")
+    expected = ([f"results/smoke/figures/{f}.{e}" for f in expected_figures(cfg) for e in ("pdf", "png")]
+                + [f"results/smoke/tables/{t}.{e}" for t in expected_tables(cfg) for e in ("md", "tex")]
+                + ["results/smoke/bench/kalman_scan.json"])
     assert sorted(all_inputs) == sorted(expected)
     assert "fig6_update_step" in expected_figures(cfg)
 
@@ -544,26 +613,26 @@ def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_study(tmp_path):
-    """The README's main command on the default study, in a fresh working directory: every figure and table, then
-    the HTML report with the figures and the run table."""
+def test_smoke_study(tmp_path):
+    """The smoke study (the pipeline check: every rule, pixels included), in a fresh working directory: every figure
+    and table, then the HTML report with the figures and the run table."""
     from analysis.plan import expected_outputs
 
-    cfg = load_config("default")
+    cfg = load_config("smoke")
     start = time.monotonic()
     out = snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile",
-                    str(ROOT / "config/default.yaml"), "--cores", "2", timeout=3 * 3600)
+                    str(ROOT / "config/smoke.yaml"), "--cores", "2", timeout=3 * 3600)
     minutes = (time.monotonic() - start) / 60
     assert out.returncode == 0, out.stdout[-5000:]
-    results = tmp_path / "results" / "default"
+    results = tmp_path / "results" / "smoke"
     missing = [f for f in expected_outputs(cfg) if not (results / f).is_file()]
     assert not missing, missing
     assert len(list((results / "runs").glob("*/*/*/ctx*/seed*/DONE"))) == 39
-    print(f"default study: {minutes:.1f} min")
+    print(f"smoke study: {minutes:.1f} min")
 
     report = tmp_path / "report.html"
     out = snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile",
-                    str(ROOT / "config/default.yaml"), "--report", str(report))
+                    str(ROOT / "config/smoke.yaml"), "--report", str(report))
     assert out.returncode == 0, out.stdout[-3000:]
     html = report.read_text()
     for name in ("fig3_pixels_aggregate.png", "fig6_update_step.png", "runs.csv", "study.yaml"):

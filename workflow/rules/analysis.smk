@@ -26,8 +26,9 @@ rule study_config:
 
 
 rule collect:
-    """All run directories -> scores.csv (one row per evaluation), runs.csv and incomplete.csv (one row per run).
-    Its input is every run's DONE: it starts only when all runs are complete, and never sees a run mid-write."""
+    """All run directories -> scores.csv (one row per evaluation), runs.csv and incomplete.csv (one row per run),
+    probe.csv (the belief probe of every run on states, rl/probe.py). Its input is every run's DONE: it starts only
+    when all runs are complete, and never sees a run mid-write."""
     input:
         done=DONE_FILES,
         study=rules.study_config.output[0],
@@ -37,6 +38,7 @@ rule collect:
         runs=report(RESULTS + "/runs.csv", caption="../report/runs.rst", category="Runs"),
         incomplete=RESULTS + "/incomplete.csv",
         published=RESULTS + "/published.csv",
+        probe=RESULTS + "/probe.csv",
     log:
         LOGS + "/collect.log",
     threads: ANALYSIS["cpus_per_task"]
@@ -52,11 +54,12 @@ rule collect:
 
 rule estimates:
     """rliable interval estimates: IQM, median, mean, optimality gap with stratified-bootstrap CIs; performance
-    profiles; probability of improvement; sample-efficiency curves."""
+    profiles; probability of improvement; sample-efficiency curves; the belief probe's mean R^2 with CIs."""
     input:
         rules.collect.output.scores,
         runs=rules.collect.output.runs,
         published=rules.collect.output.published,
+        probe=rules.collect.output.probe,
         study=rules.study_config.output[0],
     output:
         expand(RESULTS + "/estimates/{name}.csv", name=ESTIMATE_FILES),

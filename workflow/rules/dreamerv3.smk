@@ -114,4 +114,4 @@ rule published_scores:
         LOGS + "/published/{name}.log",
     localrule: True
     shell:
-        "python -m analysis.published {params.source:q} --out {output} --note-if-unavailable > {log} 2>&1"
+        JOB_ENV + "python -m analysis.published {params.source:q} --out {output} --note-if-unavailable > {log} 2>&1"

@@ -166,16 +166,10 @@ class SelectiveScanLoop(torch.autograd.Function):
         grad_C = torch.matmul(grad_y.unsqueeze(-2), h).squeeze(-2)    # (B, T, N)
         grad_B = torch.matmul((delta * u).unsqueeze(-2), g).squeeze(-2)
         grad_du = torch.matmul(g, B.unsqueeze(-1)).squeeze(-1)        # ∂L/∂(Δ_t u_t)  (B, T, E)
-        # S_t for t >= 1, stored channel-first (E, B, T-1, N) so that both of its contractions are batched
-        # matrix products over e: Σ_n A_e,n S_t,e,n and Σ_{b,t} Δ_t,e S_t,e,n
-        Bsz, _, E, N = h.shape
-        S_e = h.new_empty(E, Bsz, T - 1, N)
-        S = torch.mul(g[:, 1:], h[:, :-1], out=S_e.permute(1, 2, 0, 3)).mul_(dA[:, 1:])   # (B, T-1, E, N) view
-        S_e = S_e.view(E, Bsz * (T - 1), N)
-        delta_e = delta[:, 1:].permute(2, 0, 1).reshape(E, 1, Bsz * (T - 1))            # (E, 1, B(T-1))
-        grad_A = torch.bmm(delta_e, S_e).squeeze(1)                                     # (E, N)
+        S = torch.mul(g[:, 1:], h[:, :-1]).mul_(dA[:, 1:])            # S_t for t >= 1 (B, T-1, E, N)
+        grad_A = torch.einsum("bten,bte->en", S, delta[:, 1:])
         grad_delta = grad_du * u
-        grad_delta[:, 1:] += torch.bmm(S_e, A.unsqueeze(-1)).view(E, Bsz, T - 1).permute(1, 2, 0)
+        grad_delta[:, 1:] += S.mul_(A).sum(-1)
         grad_u = torch.addcmul(grad_du * delta, grad_y, D)
         grad_D = (grad_y * u).sum((0, 1))
         return grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D

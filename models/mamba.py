@@ -9,8 +9,8 @@ One set of parameters, three ways to compute the same function:
     method="auto"): on CPU a time loop with a hand-written reverse-time backward (`SelectiveScanLoop`: a few
     large tensor ops plus one in-place multiply-add per step, no autograd graph over the T steps); on other
     devices without `mamba_ssm` the *parallel* scan (`models.scan.associative_scan`, O(log T) depth). On a
-    2-core CPU the loop is several times faster than the parallel scan, which does ~3x the element-wise work
-    in ~20 large ops per level (benchmarks/selective_scan.py).
+    2-core CPU the loop is faster than the parallel scan, which does several times its element-wise work and
+    builds an autograd graph over every level (benchmarks/selective_scan.py; numbers in the README).
 (c) a step mode that carries the convolution window and the SSM state, for acting one observation at a time.
 
 Notation (Gu & Dao 2023, Alg. 2). `B` batch, `T` time, `E = d_inner = expand * d_model`, `N = d_state`,

@@ -15,7 +15,8 @@ order each repetition, after `--warmup` untimed calls per case):
   features of the batch with the updated model (eval mode, no_grad); one SAC update on its B(T-1) transitions;
 - diagnostics for the breakdown (`--no-breakdown` skips them): `features_s` (`model.features` in eval mode under
   no_grad) and `sac_s` (`Agent.sac.update` on those features); the model's backward + optimiser step is about
-  update_s − forward_s − features_s − sac_s (plus the cost of building the graph);
+  update_s − forward_s − features_s − sac_s (plus the cost of building the graph); `world_model_s` =
+  update_s − sac_s − features_s (medians), the world-model step alone (SAC is the same for every method);
 - `peak_mem_mb`: extra peak memory of one `Agent.update` at this context length. On CUDA:
   `torch.cuda.max_memory_allocated()` above the memory allocated before the call. On CPU (tracemalloc does not
   see torch's allocator): a fresh subprocess per case builds the agent and the batch, runs one update on a
@@ -35,9 +36,11 @@ Output: a table on stdout and JSON at `--out` (docs/architecture.md, "Benchmark 
 analysis/figures.py for Fig. 6):
     {"machine": benchmarks.machine.describe(), "config": {...}, "summary": {...},
      "results": [{"method", "context_length", "batch_size", "device", "obs", "forward_s", "update_s",
-                  "peak_mem_mb", "features_s", "sac_s", "forward_s_samples", "update_s_samples", "status"}, ...]}
+                  "peak_mem_mb", "features_s", "sac_s", "world_model_s", "forward_s_samples", "update_s_samples",
+                  "status"}, ...]}
 A skipped case has `status` "skipped: <why>" and null times. `summary` holds the update-time ratios
-KalMamba / RSSM and KalMamba / VRKN per context length and KalMamba(longest) / KalMamba(shortest).
+KalMamba / RSSM and KalMamba / VRKN per context length, the same ratios of `world_model_s` (with the targets
+of issue 12, WORLD_MODEL_TARGETS), and KalMamba(longest) / KalMamba(shortest).
 """
 from __future__ import annotations
 
@@ -74,6 +77,7 @@ QUICK_MODEL = {
     "vrkn": {"hidden_dim": 16, "conv_depth": 4, "mlp_hidden_dim": 16, "reward_hidden_dim": 16},
 }
 QUICK_SAC = {"hidden_dim": 32, "n_layers": 2}
+WORLD_MODEL_TARGETS = {64: 1.0, 256: 0.6}   # issue 12: KalMamba's world_model_s / RSSM's and VRKN's at most this
 DEFAULTS = {"context_lengths": [32, 64, 128, 256, 512], "batch_size": 32, "repeats": 10, "warmup": 2,
             "latent_dim": 230}
 
@@ -309,7 +313,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[tuple[str, int], dict[str, Any]] = {
         (m, T): {"method": m, "context_length": T, "batch_size": B, "device": device, "obs": args.obs,
                  "forward_s": None, "update_s": None, "peak_mem_mb": None, "features_s": None, "sac_s": None,
-                 "forward_s_samples": [], "update_s_samples": [], "status": "ok"}
+                 "world_model_s": None, "forward_s_samples": [], "update_s_samples": [], "status": "ok"}
         for m in methods for T in ctxs}
 
     def skip(m: str, T: int, why: str) -> None:
@@ -392,6 +396,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.breakdown:
             r["features_s"] = statistics.median(extra[k]["features_s"])
             r["sac_s"] = statistics.median(extra[k]["sac_s"])
+            r["world_model_s"] = r["update_s"] - r["sac_s"] - r["features_s"]
 
     config = {"methods": methods, "context_lengths": ctxs, "batch_size": B, "repeats": args.repeats,
               "warmup": args.warmup, "latent_dim": args.latent_dim, "obs": args.obs, "obs_shape": list(obs_shape),
@@ -408,15 +413,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Update-time ratios: KalMamba / RSSM and KalMamba / VRKN per context length; KalMamba longest / shortest."""
+    """Update-time and world-model-time ratios KalMamba / RSSM and KalMamba / VRKN per context length;
+    KalMamba's update time longest / shortest context."""
     t = {(r["method"], r["context_length"]): r["update_s"] for r in rows if r["update_s"] is not None}
+    wm = {(r["method"], r["context_length"]): r.get("world_model_s") for r in rows
+          if r.get("world_model_s") is not None}
     out: dict[str, Any] = {}
     ctxs = sorted({r["context_length"] for r in rows})
-    for other in ("rssm", "vrkn"):
-        ratios = {str(T): t[("kalmamba", T)] / t[(other, T)] for T in ctxs
-                  if ("kalmamba", T) in t and (other, T) in t}
-        if ratios:
-            out[f"update_ratio_kalmamba_over_{other}"] = ratios
+    for key, times in (("update_ratio", t), ("world_model_ratio", wm)):
+        for other in ("rssm", "vrkn"):
+            ratios = {str(T): times[("kalmamba", T)] / times[(other, T)] for T in ctxs
+                      if ("kalmamba", T) in times and (other, T) in times}
+            if ratios:
+                out[f"{key}_kalmamba_over_{other}"] = ratios
+    if wm:
+        out["world_model_targets"] = {str(T): v for T, v in WORLD_MODEL_TARGETS.items()}
     km = sorted(T for (m, T) in t if m == "kalmamba")
     if len(km) >= 2:
         out["kalmamba_update_growth"] = {"from": km[0], "to": km[-1], "ratio": t[("kalmamba", km[-1])]
@@ -428,7 +439,7 @@ def format_table(bench: dict[str, Any]) -> str:
     cfg = bench["config"]
     head = (f"update_step: device {cfg['device']}, obs {cfg['obs']}, batch {cfg['batch_size']}, latent "
             f"{cfg['latent_dim']}, {cfg['repeats']} repetitions (medians), torch threads {cfg['torch_threads']}")
-    cols = ["method", "ctx", "forward ms", "update ms", "features ms", "sac ms", "peak MB", "status"]
+    cols = ["method", "ctx", "forward ms", "update ms", "features ms", "sac ms", "wm ms", "peak MB", "status"]
     lines = [head, "  ".join(f"{c:>11}" for c in cols)]
 
     def ms(x):
@@ -437,7 +448,7 @@ def format_table(bench: dict[str, Any]) -> str:
     for r in bench["results"]:
         mem = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
         vals = [r["method"], str(r["context_length"]), ms(r["forward_s"]), ms(r["update_s"]), ms(r["features_s"]),
-                ms(r["sac_s"]), mem, r["status"]]
+                ms(r["sac_s"]), ms(r.get("world_model_s")), mem, r["status"]]
         lines.append("  ".join(f"{v:>11}" for v in vals))
     s = bench["summary"]
     for other in ("rssm", "vrkn"):
@@ -445,6 +456,12 @@ def format_table(bench: dict[str, Any]) -> str:
         if ratios:
             lines.append(f"update time KalMamba / {other.upper()}: "
                          + ", ".join(f"{T}: {v:.2f}" for T, v in ratios.items()))
+    for other in ("rssm", "vrkn"):
+        ratios = s.get(f"world_model_ratio_kalmamba_over_{other}")
+        if ratios:
+            goals = s.get("world_model_targets", {})
+            lines.append(f"world-model time (update - sac - features) KalMamba / {other.upper()}: " + ", ".join(
+                f"{T}: {v:.2f}" + (f" (target <= {goals[T]:g})" if T in goals else "") for T, v in ratios.items()))
     if "kalmamba_update_growth" in s:
         g = s["kalmamba_update_growth"]
         lines.append(f"KalMamba update time, context {g['to']} / context {g['from']}: {g['ratio']:.2f}")

@@ -5,8 +5,12 @@ One set of parameters, three ways to compute the same function:
 (a) `mamba_ssm`'s fused CUDA kernels (`selective_scan_fn`, and `causal_conv1d_fn` when `causal-conv1d` is
     installed) for CUDA inputs. `mamba_ssm` is the optional extra `pip install .[cuda]`; it is imported
     lazily, only when a CUDA input arrives, and a failed import is never an error for `backend="auto"`.
-(b) pure PyTorch with a *parallel* selective scan (`models.scan.associative_scan`) for CPUs and for GPUs
-    without `mamba_ssm`.
+(b) pure PyTorch, with one of two selective scans chosen by the input's device (`selective_scan`,
+    method="auto"): on CPU a time loop with a hand-written reverse-time backward (`SelectiveScanLoop`: a few
+    large tensor ops plus one in-place multiply-add per step, no autograd graph over the T steps); on other
+    devices without `mamba_ssm` the *parallel* scan (`models.scan.associative_scan`, O(log T) depth). On a
+    2-core CPU the loop is faster than the parallel scan, which does several times its element-wise work and
+    builds an autograd graph over every level (benchmarks/selective_scan.py; numbers in the README).
 (c) a step mode that carries the convolution window and the SSM state, for acting one observation at a time.
 
 Notation (Gu & Dao 2023, Alg. 2). `B` batch, `T` time, `E = d_inner = expand * d_model`, `N = d_state`,
@@ -24,8 +28,9 @@ x_proj, dt_proj, A_log, D, out_proj; inside a block `mixer` and `norm`, inside a
 so a checkpoint trained on the CPU path loads unchanged for the CUDA path and vice versa.
 
 Memory of the PyTorch path: the scan works on (B, T, E, N) tensors (Ā, B̄u, the states h and the scan's
-intermediates, all kept for the backward pass): 4·B·T·E·N bytes each in float32, e.g. 134 MB for
-B=32, T=256, E=256, N=16. Fine for our sizes; the CUDA kernels keep the state in SRAM instead.
+intermediates, kept for the backward pass; the CPU loop keeps only Ā and h): 4·B·T·E·N bytes each in
+float32, e.g. 134 MB for B=32, T=256, E=256, N=16. Fine for our sizes; the CUDA kernels keep the state in
+SRAM instead.
 
 Monte-Carlo dropout: each block applies `nn.Dropout(dropout)` to the mixer's output, before the residual
 add: x + Dropout(Mamba(LayerNorm(x))). It follows the standard torch switch: active in `train()` mode (a
@@ -43,10 +48,12 @@ from typing import Callable, NamedTuple, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from models.scan import associative_scan
 
 BACKENDS = ("auto", "torch", "cuda")
+SCAN_METHODS = ("auto", "loop", "parallel")   # selective_scan: "auto" = "loop" on CPU, "parallel" elsewhere
 DT_INIT_FLOOR = 1e-4   # mamba_ssm's dt_init_floor: the smallest initial Δ
 SCAN_CHUNK = None      # time steps per chunk of the PyTorch scan; None = one scan over the whole sequence
                        # (measured on a 2-core CPU: chunks of 32-128 were no faster, up to 2x slower for
@@ -120,13 +127,67 @@ def linear_recurrence(a: Tensor, b: Tensor, chunk_size: Optional[int] = SCAN_CHU
     return h.reshape(a.shape)[:, :T]
 
 
+class SelectiveScanLoop(torch.autograd.Function):
+    """The selective scan as a time loop with an analytic reverse-time backward (the CPU path).
+
+    Forward (same symbols as the module docstring; every product element-wise over (E, N)):
+        Ā_t = exp(Δ_t A),  h_0 = Δ_0 u_0 B_0,  h_t = Ā_t ⊙ h_{t-1} + Δ_t u_t B_t,  y_t = h_t C_t + D ⊙ u_t.
+    Backward, given ∂L/∂y (B, T, E): the adjoint g_t = ∂L/∂h_t runs the same recurrence backwards in time,
+        g_{T-1} = ∂L/∂y_{T-1} ⊗ C_{T-1},   g_t = Ā_{t+1} ⊙ g_{t+1} + ∂L/∂y_t ⊗ C_t,
+    and with S_t = g_t ⊙ Ā_t ⊙ h_{t-1} (= ∂L/∂(Δ_t A), zero at t = 0):
+        ∂L/∂C_t = Σ_e ∂L/∂y_t,e h_t,e          ∂L/∂B_t = Σ_e Δ_t,e u_t,e g_t,e        ∂L/∂A = Σ_{b,t} Δ_t ⊙ S_t
+        ∂L/∂Δ_t = Σ_n A ⊙ S_t + u_t Σ_n g_t B_t    ∂L/∂u_t = D ∂L/∂y_t + Δ_t Σ_n g_t B_t    ∂L/∂D = Σ_{b,t} u ⊙ ∂L/∂y.
+    The only sequential work is one in-place multiply-add on a (B, E, N) slice per step and direction; all
+    other terms are a handful of whole-tensor element-wise ops and batched matrix products, so no autograd
+    graph is built over the T steps. It computes the recurrence in the same order as a plain loop.
+    Shapes as in `selective_scan`. Saves Ā and h, (B, T, E, N) each. Once differentiable.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor) -> Tensor:
+        u, delta = u.contiguous(), delta.contiguous()                   # so that h[:, t] are plain slices
+        T = u.shape[1]
+        dA = torch.exp_(delta.unsqueeze(-1) * A)                        # Ā_t        (B, T, E, N)
+        h = (delta * u).unsqueeze(-1) * B.unsqueeze(2)                 # Δ_t u_t B_t, becomes h_t in place
+        for t in range(1, T):
+            h[:, t].addcmul_(dA[:, t], h[:, t - 1])                   # h_t = Ā_t h_{t-1} + Δ_t u_t B_t
+        y = torch.matmul(h, C.unsqueeze(-1)).squeeze(-1).addcmul_(D, u)   # (B, T, E)
+        ctx.save_for_backward(u, delta, A, B, C, D, dA, h)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: Tensor):
+        u, delta, A, B, C, D, dA, h = ctx.saved_tensors
+        grad_y, T = grad_y.contiguous(), u.shape[1]
+        g = grad_y.unsqueeze(-1) * C.unsqueeze(2)                     # ∂L/∂y_t ⊗ C_t, becomes g_t in place
+        for t in range(T - 2, -1, -1):
+            g[:, t].addcmul_(dA[:, t + 1], g[:, t + 1])               # g_t += Ā_{t+1} g_{t+1}
+        grad_C = torch.matmul(grad_y.unsqueeze(-2), h).squeeze(-2)    # (B, T, N)
+        grad_B = torch.matmul((delta * u).unsqueeze(-2), g).squeeze(-2)
+        grad_du = torch.matmul(g, B.unsqueeze(-1)).squeeze(-1)        # ∂L/∂(Δ_t u_t)  (B, T, E)
+        S = torch.mul(g[:, 1:], h[:, :-1]).mul_(dA[:, 1:])            # S_t for t >= 1 (B, T-1, E, N)
+        grad_A = torch.einsum("bten,bte->en", S, delta[:, 1:])
+        grad_delta = grad_du * u
+        grad_delta[:, 1:] += S.mul_(A).sum(-1)
+        grad_u = torch.addcmul(grad_du * delta, grad_y, D)
+        grad_D = (grad_y * u).sum((0, 1))
+        return grad_u, grad_delta, grad_A, grad_B, grad_C, grad_D
+
+
 def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor,
-                   chunk_size: Optional[int] = SCAN_CHUNK) -> Tensor:
+                   chunk_size: Optional[int] = SCAN_CHUNK, method: str = "auto") -> Tensor:
     """The selective SSM y_t = C_t · h_t + D ⊙ u_t, h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t, h_0 = 0.
 
     u, delta: (B, T, E) (delta already positive); A: (E, N); B, C: (B, T, N); D: (E,). Returns y: (B, T, E).
-    Materialises (B, T, E, N) tensors (see the module docstring on memory).
+    method: "loop" (`SelectiveScanLoop`, the fastest on CPU), "parallel" (`linear_recurrence`, O(log T) depth,
+    for GPUs; `chunk_size` applies to it only), "auto" (the default: "loop" for CPU tensors, else "parallel").
+    Both give the same values and gradients up to rounding. Materialises (B, T, E, N) tensors (module docstring).
     """
+    if method not in SCAN_METHODS:
+        raise ValueError(f"method must be one of {SCAN_METHODS}, got {method!r}")
+    if method == "loop" or (method == "auto" and u.device.type == "cpu"):
+        return SelectiveScanLoop.apply(u, delta, A, B, C, D)
     dA = torch.exp(delta.unsqueeze(-1) * A)                    # Ā_t      (B, T, E, N)
     dBu = (delta * u).unsqueeze(-1) * B.unsqueeze(2)           # B̄_t u_t  (B, T, E, N)
     h = linear_recurrence(dA, dBu, chunk_size)                 # h_t      (B, T, E, N)

@@ -119,6 +119,25 @@ def test_model_gradients_are_clipped_to_the_configured_norm():
     assert not torch.equal(w0, model.enc.weight)
 
 
+def test_fused_model_optimiser_matches_plain_adam():
+    """The agent's fused Adam takes the steps of torch's default (for-loop) Adam, up to float32 rounding."""
+    model = LinearModel((OBS,), ACT, LinearConfig(dropout=0.0))
+    agent = make_agent(model)
+    ref, init = copy.deepcopy(model), copy.deepcopy(model)
+    ref_opt = torch.optim.Adam(ref.parameters(), lr=model.cfg.lr, foreach=False)
+    for seed in range(3):
+        b = batch(seed=seed)
+        agent.update(b)
+        ref_opt.zero_grad()
+        ref.loss(b["obs"], b["prev_actions"], b["rewards"])[0].backward()
+        nn.utils.clip_grad_norm_(ref.parameters(), model.cfg.grad_clip)
+        ref_opt.step()
+    assert agent.model_opt.param_groups[0]["fused"]
+    for (name, p), q, p0 in zip(model.named_parameters(), ref.parameters(), init.parameters()):
+        assert (p - p0).abs().max() > 1e-3, f"{name} did not move: the comparison would be empty"
+        torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7, msg=lambda m: f"{name}: {m}")
+
+
 def test_non_finite_model_loss_names_the_term_and_skips_the_step():
     model = LinearModel((OBS,), ACT, LinearConfig())
     agent = make_agent(model)

@@ -35,6 +35,7 @@ def test_quick_run_writes_the_documented_json_and_fig6_reads_it(tmp_path, capsys
         assert r["forward_s"] == statistics.median(r["forward_s_samples"]) > 0
         assert r["update_s"] == statistics.median(r["update_s_samples"]) > 0
         assert r["features_s"] > 0 and r["sac_s"] > 0
+        assert r["world_model_s"] == pytest.approx(r["update_s"] - r["sac_s"] - r["features_s"])
         assert f"{1000 * r['update_s']:.1f}" in table
     # the equal latent size: KalMamba and VRKN latent_dim, RSSM stochastic + deterministic
     models = cfg["models"]
@@ -46,6 +47,10 @@ def test_quick_run_writes_the_documented_json_and_fig6_reads_it(tmp_path, capsys
     T = str(bench.QUICK["context_lengths"][-1])
     assert data["summary"]["update_ratio_kalmamba_over_rssm"][T] == pytest.approx(
         t[("kalmamba", int(T))] / t[("rssm", int(T))])
+    wm = {(r["method"], r["context_length"]): r["world_model_s"] for r in rows}
+    assert data["summary"]["world_model_ratio_kalmamba_over_vrkn"][T] == pytest.approx(
+        wm[("kalmamba", int(T))] / wm[("vrkn", int(T))])
+    assert "world-model time (update - sac - features) KalMamba / VRKN" in table
 
     # Fig. 6 reads the same JSON: one line per method in each panel, at the benchmark's context lengths
     from analysis.figures import update_step_figure
@@ -85,8 +90,9 @@ def test_out_of_memory_case_is_skipped_with_longer_contexts(tmp_path, monkeypatc
             assert r["forward_s"] is None and r["update_s"] is None and r["peak_mem_mb"] is None
         else:
             assert r["status"] == "ok" and r["peak_mem_mb"] == float(r["context_length"]) and r["update_s"] > 0
-            assert r["features_s"] is None
+            assert r["features_s"] is None and r["world_model_s"] is None
     assert "update_ratio_kalmamba_over_rssm" not in data["summary"]
+    assert "world_model_ratio_kalmamba_over_rssm" not in data["summary"]
     from analysis.figures import update_step_figure
     import matplotlib.pyplot as plt
 

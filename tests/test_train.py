@@ -89,10 +89,35 @@ def check_run_dir(run, method, env_steps):
     assert "sac_critic_loss" in tr.columns and np.isfinite(tr["sac_critic_loss"].dropna()).all()
     if method != "sac":
         assert "model_loss" in tr.columns and np.isfinite(tr["model_loss"].dropna()).all()
+        assert {"diag_grad_recon", "diag_grad_reward", "diag_grad_kl", "diag_grad_total"} <= set(tr.columns)
+    assert np.isfinite(tr[["diag_feat_abs_mean", "diag_feat_std"]]).all().all()   # every row, every method
     return config, tr
 
 
 # ------------------------------------------------------------------------------------------ every method
+
+DIAG_COLUMNS = {"diag_grad_recon", "diag_grad_reward", "diag_grad_kl", "diag_grad_reg", "diag_grad_total",
+                "diag_kl_active", "diag_gain_mean", "diag_gain_median", "diag_obs_var_median", "diag_feat_abs_mean",
+                "diag_feat_std"}
+
+
+def test_diagnostics_are_logged_every_row_and_do_not_change_training(tmp_path, monkeypatch):
+    flags = dict(env_steps=100, eval_every=60, eval_episodes=1, checkpoint_every=100)
+    assert main(argv("kalmamba", "noisy_state", tmp_path / "with", **flags)) == 0
+    tr = pd.read_csv(tmp_path / "with" / "train.csv", float_precision="round_trip")
+    assert DIAG_COLUMNS <= set(tr.columns) and len(tr) == 5
+    assert np.isfinite(tr[sorted(DIAG_COLUMNS)]).all().all()
+    assert ((tr["diag_gain_mean"] > 0) & (tr["diag_gain_mean"] < 1)).all()
+    assert ((tr["diag_kl_active"] >= 0) & (tr["diag_kl_active"] <= 1)).all()
+    monkeypatch.setattr(Agent, "diagnose", lambda self, batch: {})
+    assert main(argv("kalmamba", "noisy_state", tmp_path / "without", **flags)) == 0
+    ref = pd.read_csv(tmp_path / "without" / "train.csv", float_precision="round_trip")
+    assert not DIAG_COLUMNS & set(ref.columns)
+    cols = [c for c in ref.columns if c not in ("wall_clock_s", "fps")]
+    pd.testing.assert_frame_equal(tr[cols], ref[cols], check_exact=True)       # the same training, bit for bit
+    pd.testing.assert_frame_equal(read_eval(tmp_path / "with").drop(columns="wall_clock_s"),
+                                  read_eval(tmp_path / "without").drop(columns="wall_clock_s"), check_exact=True)
+
 
 
 @pytest.mark.parametrize("method", methods.METHODS)

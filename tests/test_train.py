@@ -440,34 +440,23 @@ def test_run_config_fields_are_the_documented_flags():
 # ------------------------------------------------------------------------------------------ learning
 
 
-@pytest.mark.slow
-def test_kalmamba_sac_beats_a_random_policy_on_cartpole_swingup(tmp_path):
-    """Smoke learning check: KalMamba + SAC (small model) on cartpole-swingup from (noise-free) states, 40k env
-    steps (action repeat 8, 1 update per agent step, ~4400 updates): the mean of the last two evaluations is
-    clearly above the random policy's return (random ~140, the zero action ~20). Seen once while writing this
-    test: evaluations 194 / 112 / 179 / 325 / 270 at 20k-40k env steps; about 5 CPU-minutes on one core."""
-    from rl.envs import make_env
-    from rl.train import EVAL_STREAM, episode_seed
+DREAMERV3_DMC_PROPRIO_CARTPOLE_SWINGUP_100K = 517   # DreamerV3's published dmc_proprio IQM at 100k env steps
 
+
+@pytest.mark.slow
+def test_kalmamba_learns_cartpole_swingup_from_states(tmp_path):
+    """Issue 10: KalMamba + SAC with the default loss settings (regulariser averaged over the latent, free nats 1,
+    reward weight 1 on states) on clean cartpole-swingup states, at the issue's sizes (those of
+    scripts/kalmamba-leads.sh), seed 0: the evaluation at 100k env steps (10 episodes) reaches DreamerV3's published
+    value there. ~20-25 CPU-minutes on one core."""
     out = tmp_path / "run"
-    flags = dict(task="cartpole-swingup", episode_length=1000, env_steps=40_000, context_length=16, batch_size=16,
-                 updates_per_step=1, eval_every=5_000, eval_episodes=3, checkpoint_every=20_000, log_every=5_000,
-                 initial_episodes=5, obs_noise_std=0, action_noise_std=0)
-    args = argv("kalmamba", "noisy_state", out, **flags)
-    args = args[:args.index("--model.latent_dim")]  # small sizes instead of the tiny ones
-    args += ["--model.latent_dim", "16", "--model.d_model", "32", "--model.hidden_dim", "64",
-             "--model.mlp_hidden_dim", "64", "--model.reward_hidden_dim", "64", "--sac.hidden_dim", "128",
-             "--sac.n_layers", "2"]
+    args = ["--method", "kalmamba", "--task", "cartpole-swingup", "--obs", "state", "--out", str(out), "--seed", "0",
+            "--context-length", "32", "--env-steps", "100000", "--eval-every", "10000", "--eval-episodes", "10",
+            "--checkpoint-every", "10000", "--batch-size", "16", "--log-every", "5000", "--torch-threads", "1",
+            "--device", "cpu", "--sac.hidden_dim", "256", "--sac.n_layers", "2", "--model.latent_dim", "64",
+            "--model.d_model", "64", "--model.hidden_dim", "128"]
     assert main(args) == 0
-    learned = read_eval(out)["return_mean"].iloc[-2:].mean()
-    env = make_env("cartpole-swingup", "noisy_state", seed=1, obs_noise_std=0, action_noise_std=0)
-    rng = np.random.default_rng(0)
-    random_returns = []
-    for i in range(5):
-        env.reset(seed=episode_seed(0, EVAL_STREAM, 0, i))
-        ret, done = 0.0, False
-        while not done:
-            _, r, done, _ = env.step(rng.uniform(-1, 1, size=env.action_dim))
-            ret += r
-        random_returns.append(ret)
-    assert learned > 1.5 * np.mean(random_returns), (learned, random_returns)
+    evals = read_eval(out)
+    assert evals["env_step"].iloc[-1] == 100_000
+    final = evals["return_mean"].iloc[-1]
+    assert final >= DREAMERV3_DMC_PROPRIO_CARTPOLE_SWINGUP_100K, evals[["env_step", "return_mean"]].to_string()

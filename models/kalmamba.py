@@ -21,7 +21,9 @@ marginals, shared by decoders and KL; digest §5.1, §5.2):
     loss = obs_scale · NLL(o_t | ẑ_t) + reward_scale · NLL(r_t | ẑ_t)                    `recon`, `reward`
          + (1/T) · init_kl_scale · mean max(0, KL(N(μˢ_0, Σˢ_0) ‖ N(0, σ²_0)) − free_nats)
          + ((T−1)/T) · kl_scale · mean_{b, t≥1} max(0, KL_t − free_nats)                  `kl_loss` (raw: `kl`)
-         + α · mean_{b,t} (m_t − μ⁺_t)ᵀ (Σ⁺_t)⁻¹ (m_t − μ⁺_t)                               `reg` (unweighted: `mahalanobis`)
+         + α · mean_{b,t} (m_t − μ⁺_t)ᵀ (Σ⁺_t)⁻¹ (m_t − μ⁺_t) / d                           `reg` (unweighted: `mahalanobis`)
+    (d = D for `reg_reduction="mean"`, the default; d = 1 for "sum", Eq. 2's quadratic form; reward_scale: 10 on
+    images, 1 on states unless set)
     KL_t = KL( q(z_t | z_{t−1} = ẑ_{t−1}, w) ‖ N(A_{t−1} ẑ_{t−1} + b_{t−1}, Σ^dyn_{t−1}) ),
     q(z_t | z_{t−1}, w) = N(μˢ_t + G_t (z_{t−1} − μˢ_{t−1}), Σˢ_t − G_t J_{t−1} Σˢ_t),
     J_{t−1} = Σ⁺_{t−1} A_{t−1} / Σ⁻_t,   G_t = Σˢ_t J_{t−1} / Σˢ_{t−1}.
@@ -52,13 +54,15 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models.diagnostics import kalman_gain_stats, kl_active_fraction
 from models.kalman import METHODS, kalman_filter, kalman_predict, kalman_smoother, kalman_update
 from models.mamba import BACKENDS, MambaStack
 from models.nets import (diag_gaussian_kl, gaussian_log_lik, is_image, make_decoder, make_encoder, mlp,
-                         obs_to_target, over_time, scaled_sigmoid, softplus_positive)
+                         obs_to_target, over_time, reward_scale_for, scaled_sigmoid, softplus_positive)
 from models.vrkn import smoothed_conditional
 
 COND_VAR_FLOOR = 1e-8   # floor of the smoothed conditional variance (only against float underflow)
+REG_REDUCTIONS = ("sum", "mean")
 
 
 @dataclass
@@ -98,13 +102,19 @@ class KalMambaConfig:
     obs_std: float = 1.0             # fixed std of p(o_t | z_t) (VRKN) [§9.2]
     reward_std: float = 1.0          # fixed std of p(r_t | z_t) (VRKN) [§9.2]
     # objective
-    free_nats: float = 3.0           # VRKN, as max(0, KL − free_nats) [§5.1 INF]; CoRAL would give 1.0
+    free_nats: float = 1.0           # as max(0, KL − free_nats) [§5.1 INF]: CoRAL's SSM+SAC value (VRKN's 3.0 is for
+                                     # 64x64 images, where the KL is far above 3); with 3.0 the KL had a gradient on
+                                     # < 10 % of (b, t) on cartpole states (fidelity review D2; README "KalMamba learns")
     kl_scale: float = 1.0            # VRKN / CoRAL [§5.1]
     init_kl_scale: float = 0.0       # VRKN `initial_kl_scale_factor` [§5.1 INF]
     obs_loss_scale: float = 1.0      # VRKN [§9.2]
-    reward_loss_scale: float = 10.0  # VRKN image-only `decoder_loss_scales` [§5.1 INF]; CoRAL would give 1.0
+    reward_loss_scale: float | None = None  # None: by observation type [§5.1 INF; review D4]: 10 on images (VRKN's
+                                     # `decoder_loss_scales`, all its settings have images), 1 on state vectors
+                                     # (CoRAL's `reward_scale_factor`; the state NLL has a few dims, not 12288 pixels)
     reg_alpha: float = 1.0           # α of the Mahalanobis regulariser [S-glm §5.2]; 0 = `no_reg` ablation
-                                     # normalisation: summed over D, averaged over batch and time [§5.2 INF]
+    reg_reduction: str = "mean"      # over D: "sum" = Eq. 2's quadratic form, "mean" = sum / D; averaged over batch
+                                     # and time either way [§5.2 UNKNOWN]. "mean": the sum's gradient dominated the
+                                     # model update at D = 64 (review D1; README "KalMamba learns")
     reg_detach_belief: bool = False  # stop-gradient into μ⁺, Σ⁺ in the regulariser [§5.2 INF: no]
     kalman_method: str = "auto"      # models.kalman method: "auto" (parallel scan on CUDA, fused loop on CPU) |
                                      # "fused" | "parallel" | "sequential" (reference loop)
@@ -137,8 +147,11 @@ class KalMambaConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name}: must be > 0, got {getattr(self, name)!r}")
         for name in ("kl_scale", "init_kl_scale", "obs_loss_scale", "reward_loss_scale"):
-            if not getattr(self, name) >= 0:
-                raise ValueError(f"{name}: must be >= 0, got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if not (value is None and name == "reward_loss_scale") and not value >= 0:
+                raise ValueError(f"{name}: must be >= 0, got {value!r}")
+        if self.reg_reduction not in REG_REDUCTIONS:
+            raise ValueError(f"reg_reduction: must be one of {REG_REDUCTIONS}, got {self.reg_reduction!r}")
         if self.kalman_method not in METHODS:
             raise ValueError(f"kalman_method: must be one of {METHODS}, got {self.kalman_method!r}")
         if self.mamba_backend not in BACKENDS:
@@ -161,6 +174,7 @@ class KalMamba(nn.Module):
         self.obs_event_dims = len(self.obs_shape)
         D = cfg.latent_dim
         self.feature_dim = D
+        self.reward_loss_scale = reward_scale_for(cfg.reward_loss_scale, self.image)
 
         self.encoder, embed_dim = make_encoder(self.obs_shape, cfg.mlp_hidden_dim, cfg.conv_depth, cfg.mlp_layers)
         self.w_head = nn.Linear(embed_dim, D)
@@ -239,7 +253,10 @@ class KalMamba(nn.Module):
         """Negative smoothing ELBO + α · Mahalanobis regulariser, per time step (module docstring).
 
         obs (B, T, *obs_shape), prev_actions (B, T, A), rewards (B, T). Images are dequantised in train() mode.
-        Returns (scalar loss, detached scalar terms: recon, reward, kl, init_kl, kl_loss, mahalanobis, reg)."""
+        Returns (scalar loss, scalar terms). Terms: detached `recon`, `reward` (unweighted NLLs), `kl`, `init_kl`,
+        `kl_loss`, `mahalanobis` (Eq. 2's quadratic form, mean over (b, t)), `reg`; and the loss's weighted summands
+        `loss_recon`, `loss_reward`, `loss_kl`, `loss_reg`, *not* detached (their sum is the loss; the agent takes
+        per-term gradient norms of them at log steps)."""
         cfg = self.cfg
         self._check_batch(obs, prev_actions, rewards)
         f = self.infer(obs, prev_actions, dequantize=self.training, smooth=True)
@@ -262,21 +279,45 @@ class KalMamba(nn.Module):
         else:
             kl = init_kl.new_zeros(())
 
-        mu_f, var_f = f["mu_f"], f["var_f"]
-        if cfg.reg_detach_belief:
-            mu_f, var_f = mu_f.detach(), var_f.detach()
         if cfg.reg_alpha > 0:
-            mahalanobis = self.mahalanobis(f["m"], mu_f, var_f).mean()
-            reg = cfg.reg_alpha * mahalanobis
+            mahalanobis, reg = self.regulariser(f["m"], f["mu_f"], f["var_f"])
         else:                                   # `no_reg`: not part of the graph at all
             with torch.no_grad():
-                mahalanobis = self.mahalanobis(f["m"], mu_f, var_f).mean()
+                mahalanobis, _ = self.regulariser(f["m"], f["mu_f"], f["var_f"])
             reg = mahalanobis.new_zeros(())
 
-        loss = cfg.obs_loss_scale * recon + cfg.reward_loss_scale * reward + kl_loss + reg
+        parts = {"loss_recon": cfg.obs_loss_scale * recon, "loss_reward": self.reward_loss_scale * reward,
+                 "loss_kl": kl_loss, "loss_reg": reg}
+        loss = parts["loss_recon"] + parts["loss_reward"] + parts["loss_kl"] + parts["loss_reg"]
         terms = {"recon": recon, "reward": reward, "kl": kl, "init_kl": init_kl.mean(), "kl_loss": kl_loss,
                  "mahalanobis": mahalanobis, "reg": reg}
-        return loss, {k: v.detach() for k, v in terms.items()}
+        return loss, {**{k: v.detach() for k, v in terms.items()}, **parts}
+
+    def regulariser(self, m: Tensor, mu_f: Tensor, var_f: Tensor) -> tuple[Tensor, Tensor]:
+        """The Mahalanobis regulariser (digest §5.2, Eq. 2), R_t = (m_t − μ⁺_t)ᵀ (Σ⁺_t)⁻¹ (m_t − μ⁺_t).
+
+        m, mu_f, var_f (B, T, D). Returns (mean_{b,t} R_t, α · mean_{b,t} R_t / d), with d = D for
+        `reg_reduction="mean"` and d = 1 for "sum" (Eq. 2 sums over t; we average over (b, t) like every other term).
+        With `reg_detach_belief`, μ⁺ and Σ⁺ are constants here (stop-gradient): R then trains m towards the filter
+        and cannot move the filter. Without it, ∂R/∂Σ⁺ = −(m − μ⁺)² / Σ⁺² ≤ 0: by itself R pushes Σ⁺ up."""
+        cfg = self.cfg
+        if cfg.reg_detach_belief:
+            mu_f, var_f = mu_f.detach(), var_f.detach()
+        quad = self.mahalanobis(m, mu_f, var_f).mean()
+        reduced = quad / m.shape[-1] if cfg.reg_reduction == "mean" else quad
+        return quad, cfg.reg_alpha * reduced
+
+    @torch.no_grad()
+    def diagnostics(self, obs: Tensor, prev_actions: Tensor, rewards: Tensor) -> dict[str, Tensor]:
+        """Scalar diagnostics on a batch (models.diagnostics; train.csv `diag_*`), in the current train/eval mode:
+        `kl_active` (fraction of (b, t ≥ 1) with KL_t > free_nats), `gain_mean`, `gain_median` (Kalman gain
+        Σ⁻/(Σ⁻ + σ²_w)) and `obs_var_median` (σ²_w). obs, prev_actions, rewards as in `loss`."""
+        f = self.infer(obs, prev_actions, dequantize=self.training, smooth=True)
+        out = kalman_gain_stats(f["var_p"], f["var_w"])
+        if obs.shape[1] > 1:
+            z_s = f["mu_s"] + f["var_s"].sqrt() * torch.randn_like(f["mu_s"])
+            out.update(kl_active_fraction(self.dynamics_kl(f, z_s), self.cfg.free_nats))
+        return out
 
     @staticmethod
     def dynamics_kl(f: dict[str, Tensor], z_s: Tensor) -> Tensor:

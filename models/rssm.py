@@ -36,6 +36,7 @@ from torch import Tensor, nn
 import torch.nn.functional as F
 
 from models.nets import diag_gaussian_kl, gaussian_log_lik, is_image, make_decoder, make_encoder, mlp, obs_to_target, over_time
+from models.diagnostics import kl_active_fraction
 from models.vrkn import check_batch  # (shared batch-shape check; candidate for models/nets.py)
 
 
@@ -154,7 +155,9 @@ class RSSM(nn.Module):
 
     # ---- WorldModel interface -----------------------------------------------------------------------------------
     def loss(self, obs: Tensor, prev_actions: Tensor, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Negative filtering ELBO (images dequantised in train() mode). obs (B, T, *obs_shape), prev_actions (B, T, A), rewards (B, T)."""
+        """Negative filtering ELBO (images dequantised in train() mode). obs (B, T, *obs_shape), prev_actions (B, T, A),
+        rewards (B, T). Returns (loss, terms): detached `obs_nll`, `reward_nll`, `kl`, `kl_loss`, and the loss's
+        weighted summands `loss_recon`, `loss_reward`, `loss_kl`, not detached (their sum is the loss)."""
         cfg = self.cfg
         check_batch(obs, prev_actions, rewards, self.obs_shape, self.action_dim)
         target, embed = self._embed(obs, dequantize=self.training)
@@ -164,9 +167,21 @@ class RSSM(nn.Module):
         reward_nll = -gaussian_log_lik(rewards, self.reward_head(feat).squeeze(-1), 0).mean()
         kl_loss, kl = kl_free_nats(s["post_mean"], s["post_std"], s["prior_mean"], s["prior_std"],
                                    cfg.free_nats, cfg.kl_balanced, cfg.kl_alpha)
-        loss = cfg.obs_loss_scale * obs_nll + cfg.reward_loss_scale * reward_nll + cfg.kl_scale * kl_loss
+        parts = {"loss_recon": cfg.obs_loss_scale * obs_nll, "loss_reward": cfg.reward_loss_scale * reward_nll,
+                 "loss_kl": cfg.kl_scale * kl_loss}
+        loss = parts["loss_recon"] + parts["loss_reward"] + parts["loss_kl"]
         terms = {"obs_nll": obs_nll, "reward_nll": reward_nll, "kl": kl.mean(), "kl_loss": kl_loss}
-        return loss, {k: v.detach() for k, v in terms.items()}
+        return loss, {**{k: v.detach() for k, v in terms.items()}, **parts}
+
+    @torch.no_grad()
+    def diagnostics(self, obs: Tensor, prev_actions: Tensor, rewards: Tensor) -> dict[str, Tensor]:
+        """Scalar diagnostics on a batch (models.diagnostics; train.csv `diag_*`): `kl_active`, the fraction of
+        (b, t) with KL(q_t ‖ p_t) > free_nats (where the clamped KL term has a gradient)."""
+        check_batch(obs, prev_actions, rewards, self.obs_shape, self.action_dim)
+        _, embed = self._embed(obs, dequantize=self.training)
+        s = self._filter(embed, prev_actions)
+        kl = diag_gaussian_kl(s["post_mean"], s["post_std"] ** 2, s["prior_mean"], s["prior_std"] ** 2)
+        return kl_active_fraction(kl, self.cfg.free_nats)
 
     def features(self, obs: Tensor, prev_actions: Tensor) -> Tensor:
         """Filtered features concat(μ^q_t, h_t), (B, T, S + H), filtering from the start of the sequence."""

@@ -22,7 +22,7 @@ single-step equations and the smoother come from `models.kalman` (not re-impleme
 Objective: the smoothing ELBO (digest §5.1, VRKN `AEVIObjective`). With ẑ_t ~ N(μˢ_t, Σˢ_t) one sample of the
 smoothed marginals (used by the decoders and the KL):
 
-    L = obs_scale · NLL(o_t | ẑ_t) + reward_scale · NLL(r_t | ẑ_t)
+    L = obs_scale · NLL(o_t | ẑ_t) + reward_scale · NLL(r_t | ẑ_t)          (reward_scale: 10 on images, 1 on states)
         + (1/T) · init_kl_scale · mean max(0, KL(N(μˢ_0, Σˢ_0) ‖ N(0, σ²_0)) − free_nats)
         + ((T−1)/T) · kl_scale · mean_{b, t≥1} max(0, KL_t − free_nats),
     KL_t = KL( q(z_t | z_{t-1} = ẑ_{t-1}, w_{≥t}) ‖ N(A_t ẑ_{t-1} + b_t, q_t) )         (`smoothed_conditional_kl`)
@@ -43,9 +43,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from models.diagnostics import kalman_gain_stats, kl_active_fraction
 from models.kalman import METHODS as KALMAN_METHODS, kalman_predict, kalman_smoother, kalman_update
 from models.nets import (diag_gaussian_kl, gaussian_log_lik, is_image, make_decoder, make_encoder, mlp,
-                         obs_to_target, over_time, scaled_sigmoid, softplus_positive)
+                         obs_to_target, over_time, reward_scale_for, scaled_sigmoid, softplus_positive)
 
 COND_VAR_FLOOR = 1e-8   # floor of the smoothed conditional variance in the KL (only against float underflow)
 
@@ -78,7 +79,9 @@ class VRKNConfig:
     kl_scale: float = 1.0            # `kl_scale_factor`
     init_kl_scale: float = 0.0       # `initial_kl_scale_factor`
     obs_loss_scale: float = 1.0      # `decoder_loss_scales` = [1.0, 10.0] (av_vrkn.py, image-only input)
-    reward_loss_scale: float = 10.0
+    reward_loss_scale: float | None = None  # None: by observation type (models.nets.reward_scale_for): 10 on images
+                                     # (`decoder_loss_scales`; every VRKN setting has images), 1 on state vectors
+                                     # (CoRAL `reward_scale_factor`; fidelity review D4)
     smoother: str = "auto"           # models.kalman smoother method: "auto" | "fused" | "parallel" | "sequential"
     lr: float = 6e-4                 # `model_learning_rate` (Adam)
     adam_eps: float = 1e-8           # `model_adam_epsilon`
@@ -179,6 +182,7 @@ class VRKN(nn.Module):
         self.obs_event_dims = len(self.obs_shape)
         D = cfg.latent_dim
         self.feature_dim = D
+        self.reward_loss_scale = reward_scale_for(cfg.reward_loss_scale, self.image)
 
         self.encoder, embed_dim = make_encoder(self.obs_shape, cfg.mlp_hidden_dim, cfg.conv_depth, cfg.mlp_layers)
         self.w_head = nn.Linear(embed_dim, D)
@@ -228,7 +232,9 @@ class VRKN(nn.Module):
 
     # ---- WorldModel interface -----------------------------------------------------------------------------------
     def loss(self, obs: Tensor, prev_actions: Tensor, rewards: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
-        """Negative smoothing ELBO (images dequantised in train() mode). obs (B, T, *obs_shape), prev_actions (B, T, A), rewards (B, T)."""
+        """Negative smoothing ELBO (images dequantised in train() mode). obs (B, T, *obs_shape), prev_actions (B, T, A),
+        rewards (B, T). Returns (loss, terms): detached `obs_nll`, `reward_nll`, `kl`, `init_kl`, `kl_loss`, and the
+        loss's weighted summands `loss_recon`, `loss_reward`, `loss_kl`, not detached (their sum is the loss)."""
         cfg = self.cfg
         self._check_batch(obs, prev_actions, rewards)
         target, w, var_w = self.latent_obs(obs, dequantize=self.training)
@@ -249,10 +255,26 @@ class VRKN(nn.Module):
         else:
             dyn_kl_loss = dyn_kl_mean = torch.zeros((), device=w.device)
         kl_loss = init_kl_loss / T + (T - 1) / T * dyn_kl_loss
-        loss = cfg.obs_loss_scale * obs_nll + cfg.reward_loss_scale * reward_nll + kl_loss
+        parts = {"loss_recon": cfg.obs_loss_scale * obs_nll, "loss_reward": self.reward_loss_scale * reward_nll,
+                 "loss_kl": kl_loss}
+        loss = parts["loss_recon"] + parts["loss_reward"] + parts["loss_kl"]
         terms = {"obs_nll": obs_nll, "reward_nll": reward_nll, "kl": dyn_kl_mean, "init_kl": init_kl.mean(),
                  "kl_loss": kl_loss}
-        return loss, {k: v.detach() for k, v in terms.items()}
+        return loss, {**{k: v.detach() for k, v in terms.items()}, **parts}
+
+    @torch.no_grad()
+    def diagnostics(self, obs: Tensor, prev_actions: Tensor, rewards: Tensor) -> dict[str, Tensor]:
+        """Scalar diagnostics on a batch (models.diagnostics; train.csv `diag_*`), in the current train/eval mode:
+        `kl_active` (fraction of (b, t ≥ 1) with KL_t > free_nats), `gain_mean`, `gain_median`, `obs_var_median`."""
+        _, w, var_w = self.latent_obs(obs, dequantize=self.training)
+        f = self.filter(w, var_w, prev_actions)
+        out = kalman_gain_stats(f["var_p"], var_w)
+        if w.shape[1] > 1:
+            mu_s, var_s = kalman_smoother(f["mu_f"], f["var_f"], f["mu_p"], f["var_p"], f["A"], method=self.cfg.smoother)
+            z_s = mu_s + var_s.sqrt() * torch.randn_like(mu_s)
+            kl = smoothed_conditional_kl(f["var_f"], f["var_p"], mu_s, var_s, f["A"], f["b"], f["var_dyn"], z_s)
+            out.update(kl_active_fraction(kl, self.cfg.free_nats))
+        return out
 
     def features(self, obs: Tensor, prev_actions: Tensor) -> Tensor:
         """Filtered means μ⁺_t (B, T, D), filtering from the start of the sequence."""

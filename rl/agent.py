@@ -12,6 +12,11 @@ A non-finite loss term or model gradient norm raises NonFiniteLossError naming i
 optimiser step; SAC's losses are checked after its step (its update is one call), which is early enough
 for the training loop: it stops and never checkpoints the bad state.
 
+Diagnostics (`diagnose`, called by the trainer once per log interval on its own batch; train.csv `diag_*`,
+docs/architecture.md): per-term gradient norms of the model loss (its `loss_<part>` terms), the model's own
+`diagnostics(...)` scalars if it has that method, and the scale of the features SAC sees. It changes no
+parameter, optimiser state or RNG stream, so a run's training is the same with or without it.
+
 Acting runs the model's one-step `observe` from `initial_state()` in eval() mode; the acting state carries
 the model's state and the previous action.
 
@@ -28,6 +33,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+from models.diagnostics import feature_scale, gradient_norms
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -109,6 +116,31 @@ class Agent:
         sac_logs = {f"sac_{k}": v for k, v in sac_logs.items()}
         check_finite(sac_logs, "SAC")
         return {**logs, **sac_logs}
+
+    def diagnose(self, batch: dict[str, Tensor]) -> dict[str, float]:
+        """Diagnostics of the current model on `batch` (as in `update`), as floats named `diag_<name>`:
+        - `diag_grad_<part>`: global L2 norm of the gradient of each weighted loss summand `loss_<part>` the model's
+          loss returns (e.g. recon, reward, kl, reg), and `diag_grad_total` of the whole loss (pre-clip);
+        - the model's `diagnostics(obs, prev_actions, rewards)` scalars (e.g. kl_active, gain_mean, obs_var_median);
+        - `diag_feat_abs_mean`, `diag_feat_std`: the features SAC is trained on (eval mode).
+        The loss and model diagnostics are taken in train() mode (MC dropout on, as in the update). Parameters,
+        `.grad`, optimiser states and the torch RNG are left unchanged (the RNG is forked)."""
+        obs, prev_actions, rewards = self._to_device(batch)
+        wm, out = self.world_model, {}
+        with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
+            if self.model_opt is not None:
+                wm.train()
+                loss, terms = wm.loss(obs, prev_actions, rewards)
+                parts = {k[len("loss_"):]: v for k, v in terms.items() if k.startswith("loss_")}
+                norms = gradient_norms({**parts, "total": loss}, wm.parameters())
+                out.update({f"grad_{k}": v for k, v in norms.items()})
+                if hasattr(wm, "diagnostics"):
+                    out.update(wm.diagnostics(obs, prev_actions, rewards))
+            wm.eval()
+            with torch.no_grad():
+                out.update(feature_scale(wm.features(obs, prev_actions)))
+        values = torch.stack([v.detach().float().reshape(()) for v in out.values()]).tolist()
+        return {f"diag_{k}": v for k, v in zip(out, values)}
 
     def initial_state(self) -> tuple[Any, Tensor]:
         """Acting state before the first observation of an episode: (model state, previous action = 0)."""

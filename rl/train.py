@@ -47,6 +47,7 @@ from rl.replay import EpisodeReplay
 from rl.rundir import RunDir, provenance
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
+DIAG_STREAM = 4   # the diagnostics batch of each train.csv row: its own generator, never the training one
 # config fields that may change when a run is restarted (they do not change its results)
 RESTART_MAY_CHANGE = ("out", "device", "torch_threads", "wall_clock_hours", "keep_replay")
 
@@ -236,6 +237,9 @@ class Trainer:
         acc, wall = self.log_acc, self.wall_clock()
         row = {"env_step": self.env_step, "wall_clock_s": wall, "updates": self.updates}
         row.update({k: v / acc["n"] for k, v in acc["sums"].items()})
+        if len(self.replay):   # diag_* columns (rl.agent.Agent.diagnose) on a batch of their own; training unaffected
+            rng = np.random.default_rng([self.cfg.seed, DIAG_STREAM, self.env_step])
+            row.update(self.agent.diagnose(self.replay.sample(self.cfg.batch_size, self.cfg.context_length, rng)))
         row["train_return"] = float(np.mean(acc["returns"])) if acc["returns"] else float("nan")
         row["fps"] = (self.env_step - acc["env_step"]) / max(wall - acc["wall"], 1e-9)
         self.train_rows.append(row)

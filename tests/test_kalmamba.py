@@ -82,8 +82,13 @@ def test_shapes_and_finite_loss(obs_shape):
     model.train()
     loss, terms = model.loss(obs, pa, r)
     assert loss.dim() == 0 and torch.isfinite(loss)
-    assert set(terms) == {"recon", "reward", "kl", "init_kl", "kl_loss", "mahalanobis", "reg"}
-    assert all(v.dim() == 0 and torch.isfinite(v) and not v.requires_grad for v in terms.values())
+    assert set(terms) == {"recon", "reward", "kl", "init_kl", "kl_loss", "mahalanobis", "reg",
+                          "loss_recon", "loss_reward", "loss_kl", "loss_reg"}
+    logged = {k: v for k, v in terms.items() if not k.startswith("loss_")}
+    assert all(v.dim() == 0 and torch.isfinite(v) and not v.requires_grad for v in logged.values())
+    assert all(terms[k].dim() == 0 and terms[k].requires_grad for k in terms if k.startswith("loss_"))
+    torch.testing.assert_close(loss, terms["loss_recon"] + terms["loss_reward"] + terms["loss_kl"] + terms["loss_reg"])
+    assert model.reward_loss_scale == (10.0 if len(obs_shape) == 3 else 1.0)   # by observation type
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -190,7 +195,7 @@ def test_kl_term_matches_full_matrix_gaussian_conditioning():
 
 
 def test_mahalanobis_term_matches_direct_formula():
-    model = make(dtype=torch.float64, reg_alpha=0.7).eval()
+    model = make(dtype=torch.float64, reg_alpha=0.7, reg_reduction="sum").eval()
     obs, pa, r = batch(B=2, T=5, dtype=torch.float64)
     _, terms = model.loss(obs, pa, r)
     with torch.no_grad():
@@ -205,7 +210,7 @@ def test_mahalanobis_term_matches_direct_formula():
 
 
 def test_reconstruction_and_reward_terms_match_torch_distributions():
-    model = make(dtype=torch.float64, obs_std=0.5, reward_std=2.0).eval()
+    model = make(dtype=torch.float64, obs_std=0.5, reward_std=2.0, reward_loss_scale=10.0).eval()
     obs, pa, r = batch(B=2, T=4, dtype=torch.float64)
     torch.manual_seed(5)
     loss, terms = model.loss(obs, pa, r)
@@ -291,7 +296,7 @@ def test_no_reg_removes_the_regulariser_from_the_gradient():
 
     def reg_of(model):                        # α · Mahalanobis, recomputed with gradient
         f = model.infer(obs, pa, smooth=False)
-        return model.cfg.reg_alpha * model.mahalanobis(f["m"], f["mu_f"], f["var_f"]).mean()
+        return model.cfg.reg_alpha * model.mahalanobis(f["m"], f["mu_f"], f["var_f"]).mean() / TINY.latent_dim
 
     with_reg = make(dtype=torch.float64, reg_alpha=1.0).eval()
     no_reg = make(dtype=torch.float64, reg_alpha=0.0).eval()
@@ -305,16 +310,110 @@ def test_no_reg_removes_the_regulariser_from_the_gradient():
     assert any(not torch.allclose(g_full[n], g0[n]) for n in g0)    # and the regulariser does move gradients
 
 
-def test_reg_detach_belief_stops_gradient_into_the_filter():
-    model = make(dtype=torch.float64, reg_detach_belief=True).eval()
+def random_belief(B=3, T=4, D=5, seed=0):
+    """Random leaf tensors m, μ⁺, Σ⁺ (B, T, D), float64, requiring grad."""
+    g = torch.Generator().manual_seed(seed)
+    m = torch.randn(B, T, D, generator=g, dtype=torch.float64)
+    mu_f = torch.randn(B, T, D, generator=g, dtype=torch.float64)
+    var_f = torch.rand(B, T, D, generator=g, dtype=torch.float64) * 2 + 0.05
+    return [x.requires_grad_() for x in (m, mu_f, var_f)]
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_regulariser_gradient_into_the_filtered_belief_is_zero_with_the_stop_gradient(detach):
+    model = make(reg_detach_belief=detach)
+    m, mu_f, var_f = random_belief()
+    _, reg = model.regulariser(m, mu_f, var_f)
+    g_m, g_mu, g_var = torch.autograd.grad(reg, (m, mu_f, var_f), allow_unused=True)
+    assert g_m is not None and g_m.abs().sum() > 0               # m is always pulled towards the filter
+    for g in (g_mu, g_var):
+        if detach:
+            assert g is None or torch.all(g == 0)
+        else:
+            assert g is not None and g.abs().sum() > 0
+
+
+@pytest.mark.parametrize("detach", [True, False])
+def test_stop_gradient_inside_the_loss_keeps_the_regulariser_off_the_observation_variance_head(detach):
+    """σ²_w enters only the filter (NN_pre sees w_t, not σ²_w): the loss's `loss_reg` reaches `var_w_head` only
+    through μ⁺, Σ⁺, so its gradient there is zero with the stop-gradient and non-zero without."""
+    model = make(dtype=torch.float64, reg_detach_belief=detach).eval()
     obs, pa, r = batch(B=2, T=5, dtype=torch.float64)
-    f = model.infer(obs, pa, smooth=False)
-    # with the belief detached, the regulariser's gradient w.r.t. the observation heads is zero
-    reg = model.mahalanobis(f["m"], f["mu_f"].detach(), f["var_f"].detach()).mean()
-    g = torch.autograd.grad(reg, model.var_w_head.weight, allow_unused=True)[0]
-    assert g is None or torch.all(g == 0)
     _, terms = model.loss(obs, pa, r)
-    torch.testing.assert_close(terms["reg"], reg.detach())
+    g_var_head, g_backbone = torch.autograd.grad(terms["loss_reg"], (model.var_w_head.weight, model.m_proj.weight),
+                                                 allow_unused=True)
+    assert g_backbone is not None and g_backbone.abs().sum() > 0
+    if detach:
+        assert g_var_head is None or torch.all(g_var_head == 0)
+    else:
+        assert g_var_head is not None and g_var_head.abs().sum() > 0
+
+
+def test_regulariser_mean_is_sum_over_latent_dim_divided_by_D_in_value_and_gradient():
+    m, mu_f, var_f = random_belief(D=7, seed=3)
+    out = {}
+    for reduction in ("sum", "mean"):
+        model = make(reg_reduction=reduction, reg_alpha=0.6)
+        quad, reg = model.regulariser(m, mu_f, var_f)
+        out[reduction] = (quad, reg, torch.autograd.grad(reg, (m, mu_f, var_f)))
+    torch.testing.assert_close(out["mean"][0], out["sum"][0], rtol=0, atol=0)   # the logged quadratic form
+    torch.testing.assert_close(out["mean"][1], out["sum"][1] / 7, rtol=1e-12, atol=0)
+    for g_mean, g_sum in zip(out["mean"][2], out["sum"][2]):
+        torch.testing.assert_close(g_mean, g_sum / 7, rtol=1e-12, atol=0)
+    # and through the whole model: loss_reg and its parameter gradients
+    obs, pa, r = batch(B=2, T=5, dtype=torch.float64)
+    grads = {}
+    for reduction in ("sum", "mean"):
+        model = make(dtype=torch.float64, reg_reduction=reduction).eval()
+        _, terms = model.loss(obs, pa, r)
+        grads[reduction] = (terms["loss_reg"], torch.autograd.grad(terms["loss_reg"], list(model.parameters()),
+                                                                   allow_unused=True))
+    torch.testing.assert_close(grads["mean"][0], grads["sum"][0] / TINY.latent_dim)
+    for g_mean, g_sum in zip(grads["mean"][1], grads["sum"][1]):
+        if g_sum is None:
+            assert g_mean is None
+        else:
+            torch.testing.assert_close(g_mean, g_sum / TINY.latent_dim, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_regulariser_never_pulls_the_filtered_variance_down(seed):
+    """The variance-inflation channel (fidelity review D1): ∂R/∂Σ⁺ = −(m − μ⁺)² / Σ⁺² ≤ 0 elementwise, here
+    against that formula for the summed form with α = 1 averaged over (b, t)."""
+    m, mu_f, var_f = random_belief(B=4, T=6, D=5, seed=seed)
+    _, reg = make(reg_reduction="sum", reg_alpha=1.0).regulariser(m, mu_f, var_f)
+    (g_var,) = torch.autograd.grad(reg, var_f)
+    expected = -((m - mu_f) ** 2 / var_f ** 2).detach() / (4 * 6)
+    torch.testing.assert_close(g_var, expected, rtol=1e-12, atol=0)
+    assert torch.all(g_var <= 0) and torch.any(g_var < 0)
+
+
+def test_bad_regulariser_reduction_and_reward_scale_are_named():
+    with pytest.raises(ValueError, match="reg_reduction.*'max'"):
+        KalMambaConfig(reg_reduction="max")
+    with pytest.raises(ValueError, match="reward_loss_scale"):
+        KalMambaConfig(reward_loss_scale=-1.0)
+    assert make(reward_loss_scale=3.0).reward_loss_scale == 3.0          # an explicit value wins over the obs type
+
+
+@pytest.mark.parametrize("obs_shape", [(OBS_DIM,), (3, 64, 64)])
+def test_diagnostics_against_their_definitions(obs_shape):
+    model = make(obs_shape=obs_shape, free_nats=0.2).eval()
+    obs, pa, r = batch(B=2, T=6, obs_shape=obs_shape)
+    torch.manual_seed(4)
+    d = model.diagnostics(obs, pa, r)
+    assert set(d) == {"gain_mean", "gain_median", "obs_var_median", "kl_active"}
+    with torch.no_grad():
+        f = model.infer(obs, pa)
+        torch.manual_seed(4)
+        z = f["mu_s"] + f["var_s"].sqrt() * torch.randn_like(f["mu_s"])
+        kl = model.dynamics_kl(f, z)
+    gain = f["var_p"] / (f["var_p"] + f["var_w"])
+    torch.testing.assert_close(d["gain_mean"], gain.mean())
+    torch.testing.assert_close(d["gain_median"], gain.flatten().sort().values[(gain.numel() - 1) // 2])
+    torch.testing.assert_close(d["obs_var_median"], f["var_w"].median())
+    torch.testing.assert_close(d["kl_active"], (kl > 0.2).double().mean().to(d["kl_active"].dtype))
+    assert 0 < d["gain_mean"] < 1
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -345,7 +444,7 @@ def test_adam_steps_reduce_the_loss_on_a_fixed_batch(obs_shape):
         end = loss_at_fixed_noise().item()
     # the Gaussian NLLs (std 1) contain the constant 0.5 log 2π per observation entry and per reward (× 10):
     # compare what lies above it
-    const = 0.5 * math.log(2 * math.pi) * (math.prod(obs_shape) + model.cfg.reward_loss_scale)
+    const = 0.5 * math.log(2 * math.pi) * (math.prod(obs_shape) + model.reward_loss_scale)
     assert math.isfinite(end) and end - const < 0.85 * (start - const), (start, end, const)
 
 

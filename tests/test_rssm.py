@@ -23,8 +23,10 @@ def test_shapes_finite_loss_and_gradients(obs_shape):
     obs, prev_actions, rewards = make_batch(obs_shape)
     loss, terms = model.loss(obs, prev_actions, rewards)
     assert loss.shape == () and torch.isfinite(loss)
-    assert set(terms) == {"obs_nll", "reward_nll", "kl", "kl_loss"}
-    assert all(v.shape == () and torch.isfinite(v) and not v.requires_grad for v in terms.values())
+    assert set(terms) == {"obs_nll", "reward_nll", "kl", "kl_loss", "loss_recon", "loss_reward", "loss_kl"}
+    logged = {k: v for k, v in terms.items() if not k.startswith("loss_")}
+    assert all(v.shape == () and torch.isfinite(v) and not v.requires_grad for v in logged.values())
+    torch.testing.assert_close(loss, terms["loss_recon"] + terms["loss_reward"] + terms["loss_kl"])
     # default scales are 1: the loss is the sum of its terms
     torch.testing.assert_close(loss.detach(), terms["obs_nll"] + terms["reward_nll"] + terms["kl_loss"])
     loss.backward()

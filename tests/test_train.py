@@ -89,10 +89,35 @@ def check_run_dir(run, method, env_steps):
     assert "sac_critic_loss" in tr.columns and np.isfinite(tr["sac_critic_loss"].dropna()).all()
     if method != "sac":
         assert "model_loss" in tr.columns and np.isfinite(tr["model_loss"].dropna()).all()
+        assert {"diag_grad_recon", "diag_grad_reward", "diag_grad_kl", "diag_grad_total"} <= set(tr.columns)
+    assert np.isfinite(tr[["diag_feat_abs_mean", "diag_feat_std"]]).all().all()   # every row, every method
     return config, tr
 
 
 # ------------------------------------------------------------------------------------------ every method
+
+DIAG_COLUMNS = {"diag_grad_recon", "diag_grad_reward", "diag_grad_kl", "diag_grad_reg", "diag_grad_total",
+                "diag_kl_active", "diag_gain_mean", "diag_gain_median", "diag_obs_var_median", "diag_feat_abs_mean",
+                "diag_feat_std"}
+
+
+def test_diagnostics_are_logged_every_row_and_do_not_change_training(tmp_path, monkeypatch):
+    flags = dict(env_steps=100, eval_every=60, eval_episodes=1, checkpoint_every=100)
+    assert main(argv("kalmamba", "noisy_state", tmp_path / "with", **flags)) == 0
+    tr = pd.read_csv(tmp_path / "with" / "train.csv", float_precision="round_trip")
+    assert DIAG_COLUMNS <= set(tr.columns) and len(tr) == 5
+    assert np.isfinite(tr[sorted(DIAG_COLUMNS)]).all().all()
+    assert ((tr["diag_gain_mean"] > 0) & (tr["diag_gain_mean"] < 1)).all()
+    assert ((tr["diag_kl_active"] >= 0) & (tr["diag_kl_active"] <= 1)).all()
+    monkeypatch.setattr(Agent, "diagnose", lambda self, batch: {})
+    assert main(argv("kalmamba", "noisy_state", tmp_path / "without", **flags)) == 0
+    ref = pd.read_csv(tmp_path / "without" / "train.csv", float_precision="round_trip")
+    assert not DIAG_COLUMNS & set(ref.columns)
+    cols = [c for c in ref.columns if c not in ("wall_clock_s", "fps")]
+    pd.testing.assert_frame_equal(tr[cols], ref[cols], check_exact=True)       # the same training, bit for bit
+    pd.testing.assert_frame_equal(read_eval(tmp_path / "with").drop(columns="wall_clock_s"),
+                                  read_eval(tmp_path / "without").drop(columns="wall_clock_s"), check_exact=True)
+
 
 
 @pytest.mark.parametrize("method", methods.METHODS)
@@ -288,19 +313,24 @@ def test_non_finite_loss_names_the_term_and_keeps_the_last_good_checkpoint(tmp_p
     from models.kalmamba import KalMamba
 
     out = tmp_path / "run"
-    original = KalMamba.loss
-    state = {"calls": 0, "term": None}
+    original, original_update = KalMamba.loss, Agent.update
+    state = {"updates": 0, "term": None}
+
+    def counted_update(self, batch):   # count updates, not loss calls: diagnostics call the loss once per log row
+        state["updates"] += 1
+        return original_update(self, batch)
 
     def loss_with_nan(self, obs, prev_actions, rewards):
         loss, terms = original(self, obs, prev_actions, rewards)
-        state["calls"] += 1
-        if state["calls"] == 12:  # in the 3rd training iteration (5 updates each), after the checkpoint at step 80
+        # in the 3rd training iteration (5 updates each), after the checkpoint at step 80
+        if state["updates"] == 12 and state["term"] is None:
             state["term"] = name = next(iter(terms))
             terms = {**terms, name: terms[name] * float("nan")}
             loss = loss * float("nan")
         return loss, terms
 
     monkeypatch.setattr(KalMamba, "loss", loss_with_nan)
+    monkeypatch.setattr(Agent, "update", counted_update)
     args = argv("kalmamba", "noisy_state", out, env_steps=120, checkpoint_every=40)
     assert main(args) == 1
     err = capsys.readouterr().err
@@ -419,34 +449,23 @@ def test_run_config_fields_are_the_documented_flags():
 # ------------------------------------------------------------------------------------------ learning
 
 
-@pytest.mark.slow
-def test_kalmamba_sac_beats_a_random_policy_on_cartpole_swingup(tmp_path):
-    """Smoke learning check: KalMamba + SAC (small model) on cartpole-swingup from (noise-free) states, 40k env
-    steps (action repeat 8, 1 update per agent step, ~4400 updates): the mean of the last two evaluations is
-    clearly above the random policy's return (random ~140, the zero action ~20). Seen once while writing this
-    test: evaluations 194 / 112 / 179 / 325 / 270 at 20k-40k env steps; about 5 CPU-minutes on one core."""
-    from rl.envs import make_env
-    from rl.train import EVAL_STREAM, episode_seed
+DREAMERV3_DMC_PROPRIO_CARTPOLE_SWINGUP_100K = 517   # DreamerV3's published dmc_proprio IQM at 100k env steps
 
+
+@pytest.mark.slow
+def test_kalmamba_learns_cartpole_swingup_from_states(tmp_path):
+    """Issue 10: KalMamba + SAC with the default loss settings (regulariser averaged over the latent, free nats 1,
+    reward weight 1 on states) on clean cartpole-swingup states, at the issue's sizes (those of
+    scripts/kalmamba-leads.sh), seed 0: the evaluation at 100k env steps (10 episodes) reaches DreamerV3's published
+    value there. ~20-25 CPU-minutes on one core."""
     out = tmp_path / "run"
-    flags = dict(task="cartpole-swingup", episode_length=1000, env_steps=40_000, context_length=16, batch_size=16,
-                 updates_per_step=1, eval_every=5_000, eval_episodes=3, checkpoint_every=20_000, log_every=5_000,
-                 initial_episodes=5, obs_noise_std=0, action_noise_std=0)
-    args = argv("kalmamba", "noisy_state", out, **flags)
-    args = args[:args.index("--model.latent_dim")]  # small sizes instead of the tiny ones
-    args += ["--model.latent_dim", "16", "--model.d_model", "32", "--model.hidden_dim", "64",
-             "--model.mlp_hidden_dim", "64", "--model.reward_hidden_dim", "64", "--sac.hidden_dim", "128",
-             "--sac.n_layers", "2"]
+    args = ["--method", "kalmamba", "--task", "cartpole-swingup", "--obs", "state", "--out", str(out), "--seed", "0",
+            "--context-length", "32", "--env-steps", "100000", "--eval-every", "10000", "--eval-episodes", "10",
+            "--checkpoint-every", "10000", "--batch-size", "16", "--log-every", "5000", "--torch-threads", "1",
+            "--device", "cpu", "--sac.hidden_dim", "256", "--sac.n_layers", "2", "--model.latent_dim", "64",
+            "--model.d_model", "64", "--model.hidden_dim", "128"]
     assert main(args) == 0
-    learned = read_eval(out)["return_mean"].iloc[-2:].mean()
-    env = make_env("cartpole-swingup", "noisy_state", seed=1, obs_noise_std=0, action_noise_std=0)
-    rng = np.random.default_rng(0)
-    random_returns = []
-    for i in range(5):
-        env.reset(seed=episode_seed(0, EVAL_STREAM, 0, i))
-        ret, done = 0.0, False
-        while not done:
-            _, r, done, _ = env.step(rng.uniform(-1, 1, size=env.action_dim))
-            ret += r
-        random_returns.append(ret)
-    assert learned > 1.5 * np.mean(random_returns), (learned, random_returns)
+    evals = read_eval(out)
+    assert evals["env_step"].iloc[-1] == 100_000
+    final = evals["return_mean"].iloc[-1]
+    assert final >= DREAMERV3_DMC_PROPRIO_CARTPOLE_SWINGUP_100K, evals[["env_step", "return_mean"]].to_string()

@@ -94,9 +94,16 @@ def test_shapes_finite_loss_and_gradients(obs_shape):
     obs, prev_actions, rewards = make_batch(obs_shape)
     loss, terms = model.loss(obs, prev_actions, rewards)
     assert loss.shape == () and torch.isfinite(loss)
-    assert set(terms) == {"obs_nll", "reward_nll", "kl", "init_kl", "kl_loss"}
-    assert all(v.shape == () and torch.isfinite(v) and not v.requires_grad for v in terms.values())
-    torch.testing.assert_close(loss.detach(), terms["obs_nll"] + 10.0 * terms["reward_nll"] + terms["kl_loss"])
+    assert set(terms) == {"obs_nll", "reward_nll", "kl", "init_kl", "kl_loss", "loss_recon", "loss_reward", "loss_kl"}
+    logged = {k: v for k, v in terms.items() if not k.startswith("loss_")}
+    assert all(v.shape == () and torch.isfinite(v) and not v.requires_grad for v in logged.values())
+    # reward weight by observation type: 10 on images (VRKN), 1 on states (CoRAL)
+    scale = 10.0 if len(obs_shape) == 3 else 1.0
+    assert model.reward_loss_scale == scale
+    torch.testing.assert_close(loss.detach(), terms["obs_nll"] + scale * terms["reward_nll"] + terms["kl_loss"])
+    # the weighted summands (with gradient) add up to the loss
+    assert all(terms[k].requires_grad for k in ("loss_recon", "loss_reward", "loss_kl"))
+    torch.testing.assert_close(loss, terms["loss_recon"] + terms["loss_reward"] + terms["loss_kl"])
     loss.backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
@@ -231,7 +238,7 @@ def test_elbo_terms_match_dense_reference(monkeypatch):
     """With a fixed transition and ẑ = μˢ (noise patched to 0), the model's KL term, its free-nats weighting and the
     reconstruction terms equal the same quantities from the dense joint-Gaussian posterior."""
     B, T, D = 2, 6, SMALL.latent_dim
-    cfg = VRKNConfig(**{**SMALL.__dict__, "free_nats": 0.7, "init_kl_scale": 0.5})
+    cfg = VRKNConfig(**{**SMALL.__dict__, "free_nats": 0.7, "init_kl_scale": 0.5, "reward_loss_scale": 10.0})
     torch.manual_seed(0)
     model = VRKN((7,), ACTION_DIM, cfg).double().eval()
     A, b, var_dyn = random_lgssm(B, T, D, seed=5)

@@ -1,0 +1,81 @@
+#!/usr/bin/env bash
+# The "KalMamba learns" leads study (issue 10; README "KalMamba learns: what each change did"): the fidelity review's
+# leads one at a time against the old defaults, all of them together (the new defaults), KalMamba without the
+# regulariser and plain SAC, on clean and noisy cartpole-swingup states at the issue's sizes, one run at a time.
+# Every variant sets its loss values by flags, so it does not change when a default does.
+#
+#   bash scripts/kalmamba-leads.sh [--root DIR] [--seeds "0 1 2"] [--obs "state noisy_state"]
+#                                  [--variants "old_defaults ... sac"] [--env-steps N] [--dry-run]
+#   .venv/bin/python -m analysis.leads results/kalmamba-leads        # the table
+#
+# Run directories: <root>/<variant>/<obs>/seed<S>/ (default root results/kalmamba-leads). Resumable: rerun the same
+# command; a run with DONE is skipped and an interrupted one resumes from its checkpoint (python -m rl.train).
+# Run directories written by an older checkout with the same sizes and loss values can be copied in (e.g.
+# `new_defaults` written as --model.reg_alpha 0.015625 (summed over D = 64 = averaged) --model.free_nats 1
+# --model.reward_loss_scale 1): a run with DONE is never rerun.
+# One run takes ~20-25 min on one core (1 torch thread); the full grid (7 KalMamba variants x 2 obs + sac x 2 obs,
+# 3 seeds) is 48 runs, ~17-20 hours on one core.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export MUJOCO_GL=${MUJOCO_GL:-osmesa} PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-osmesa}
+
+root=results/kalmamba-leads
+seeds="0 1 2"
+observations="state noisy_state"
+variants="old_defaults reg_mean reg_detach free_nats_1 reward_x1 no_reg new_defaults sac"
+env_steps=100000
+dry_run=0
+while (( $# )); do
+  case "$1" in
+    --root) root=$2; shift 2 ;;
+    --seeds) seeds=$2; shift 2 ;;
+    --obs) observations=$2; shift 2 ;;
+    --variants) variants=$2; shift 2 ;;
+    --env-steps) env_steps=$2; shift 2 ;;
+    --dry-run) dry_run=1; shift ;;
+    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+    *) echo "kalmamba-leads.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+# The issue's sizes (issue 10), shared by every run.
+COMMON=(--task cartpole-swingup --context-length 32 --env-steps "$env_steps" --eval-every 10000 --eval-episodes 10
+        --checkpoint-every 10000 --batch-size 16 --log-every 5000 --torch-threads 1 --device cpu
+        --wall-clock-hours 6 --sac.hidden_dim 256 --sac.n_layers 2)
+KALMAMBA=(--model.latent_dim 64 --model.d_model 64 --model.hidden_dim 128)
+# The old defaults (before issue 10): regulariser summed over D with alpha 1, free nats 3, reward x10.
+OLD=(--model.reg_reduction sum --model.reg_alpha 1 --model.reg_detach_belief false --model.free_nats 3
+     --model.reward_loss_scale 10)
+
+variant_args() {  # variant -> the rl.train arguments after COMMON
+  case "$1" in
+    old_defaults) echo --method kalmamba "${KALMAMBA[@]}" "${OLD[@]}" ;;
+    reg_mean)     echo --method kalmamba "${KALMAMBA[@]}" "${OLD[@]}" --model.reg_reduction mean ;;
+    reg_detach)   echo --method kalmamba "${KALMAMBA[@]}" "${OLD[@]}" --model.reg_detach_belief true ;;
+    free_nats_1)  echo --method kalmamba "${KALMAMBA[@]}" "${OLD[@]}" --model.free_nats 1 ;;
+    reward_x1)    echo --method kalmamba "${KALMAMBA[@]}" "${OLD[@]}" --model.reward_loss_scale 1 ;;
+    no_reg)       echo --method kalmamba_no_reg "${KALMAMBA[@]}" --model.free_nats 3 --model.reward_loss_scale 10 ;;
+    new_defaults) echo --method kalmamba "${KALMAMBA[@]}" --model.reg_reduction mean --model.reg_alpha 1 \
+                       --model.reg_detach_belief false --model.free_nats 1 --model.reward_loss_scale 1 ;;
+    sac)          echo --method sac ;;
+    *) echo "kalmamba-leads.sh: unknown variant '$1'; valid: old_defaults reg_mean reg_detach free_nats_1" \
+            "reward_x1 no_reg new_defaults sac" >&2; return 2 ;;
+  esac
+}
+
+for v in $variants; do variant_args "$v" > /dev/null; done   # fail early on a bad variant name
+for s in $seeds; do
+  for v in $variants; do
+    for o in $observations; do
+      out=$root/$v/$o/seed$s
+      read -ra args <<< "$(variant_args "$v")"
+      cmd=(.venv/bin/python -m rl.train --out "$out" --obs "$o" --seed "$s" "${COMMON[@]}" "${args[@]}")
+      if (( dry_run )); then echo "${cmd[*]}"; continue; fi
+      [[ -f $out/DONE ]] && { echo "$(date +%T) done already: $out"; continue; }
+      mkdir -p "$out"
+      echo "$(date +%T) start $out"
+      "${cmd[@]}" > "$out/train.log" 2>&1 || { echo "$(date +%T) FAILED ($?): $out (see $out/train.log)" >&2; exit 1; }
+      echo "$(date +%T) end $out"
+    done
+  done
+done

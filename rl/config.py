@@ -312,6 +312,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
+def first_refused(runs: list[dict[str, Any]]) -> tuple[int, str] | None:
+    """(index, error) of the first of `runs` (dicts of RunConfig fields) that `config_from_dict` refuses, else None.
+    The workflow checks every run of a study with it before any job (workflow/rules/common.smk)."""
+    for i, values in enumerate(runs):
+        try:
+            config_from_dict(values)
+        except ValueError as e:
+            return i, str(e)
+    return None
+
+
 def config_from_dict(values: dict[str, Any]) -> RunConfig:
     """Type and validate a dict of RunConfig fields (strings or YAML values)."""
     hints = typing.get_type_hints(RunConfig)

@@ -285,18 +285,12 @@ def requested_obs(argv: list[str]) -> str | None:
     """The observation type a command line asks for (`--obs X`, `--obs=X`, or `obs:` of its `--config` file), read
     without checking anything and without importing dm_control (rl/render.py must choose the renderer first).
     None if it names none or cannot be read (parse_args then reports the problem)."""
-    def value(name: str) -> str | None:
-        for i, arg in enumerate(argv):
-            if arg == name and i + 1 < len(argv):
-                return argv[i + 1]
-            if arg.startswith(name + "="):
-                return arg[len(name) + 1:]
-        return None
+    from rl.render import flag_value
 
-    obs = value("--obs")
-    if obs is None and value("--config") is not None:
+    obs = flag_value(argv, "--obs")
+    if obs is None and flag_value(argv, "--config") is not None:
         try:
-            obs = load_yaml(value("--config")).get("obs")
+            obs = load_yaml(flag_value(argv, "--config")).get("obs")
         except (OSError, ValueError, yaml.YAMLError):
             return None
     return obs if isinstance(obs, str) else None

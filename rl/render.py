@@ -30,7 +30,7 @@ _PROBE = ("from dm_control import mujoco; "
           "</worldbody></mujoco>'); p.render(8, 8); p.free()")
 
 FIX = ("set MUJOCO_GL=egl (needs an NVIDIA/EGL driver) or MUJOCO_GL=osmesa (needs Debian's libosmesa6: "
-       "`apt-get install libosmesa6`), see README 'Rendering'")
+       "`apt-get install libosmesa6`); README: 'Training one agent'")
 
 
 class RendererUnavailable(ValueError):
@@ -61,6 +61,17 @@ def probe(backend: str, timeout: float = PROBE_TIMEOUT_S) -> tuple[bool, str]:
         return True, ""
     lines = [line for line in out.stderr.strip().splitlines() if line.strip()]
     return False, lines[-1] if lines else f"exit status {out.returncode}"
+
+
+def flag_value(argv: list[str], name: str) -> str | None:
+    """The value of `name` (e.g. "--obs") in a command line, as `--obs X` or `--obs=X`; None if absent. Read before
+    the command line is parsed (parsing may import dm_control)."""
+    for i, arg in enumerate(argv):
+        if arg == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if arg.startswith(name + "="):
+            return arg[len(name) + 1:]
+    return None
 
 
 def configure(renders: bool, environ: MutableMapping[str, str] = os.environ) -> str | None:

@@ -652,8 +652,9 @@ def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path):
 @pytest.mark.slow
 def test_study_recovers_after_snakemake_itself_was_killed(tmp_path):
     """Issue 13, case 9: `kill -9` of snakemake (and of its jobs: a lost node) while a run trains leaves the run's
-    output marked incomplete. The same plain command again (no --rerun-incomplete: the workflow's own profile,
-    profiles/default, sets it) resumes the run from its checkpoint and finishes."""
+    output marked incomplete and Snakemake's directory lock in place. The same plain command again (no
+    --rerun-incomplete: the workflow's own profile, profiles/default, sets it; no --unlock: common.smk clears a
+    lock no live snakemake holds) resumes the run from its checkpoint and finishes."""
     cfg = tiny_study("killed", [("rssm", 0)], env_steps=4000)
     run = tmp_path / "results/killed/runs/noisy_state/walker-walk/rssm/ctx4/seed0"
     study = write_study(tmp_path / "killed.yaml", cfg)
@@ -674,7 +675,7 @@ def test_study_recovers_after_snakemake_itself_was_killed(tmp_path):
     assert not (run / "DONE").exists()
     out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-3000:]
-    assert "IncompleteFilesException" not in out.stdout
+    assert "IncompleteFilesException" not in out.stdout and "LockException" not in out.stdout
     log = tmp_path / "results/killed/logs/runs/noisy_state/walker-walk/rssm/ctx4/seed0.log"
     assert re.search(r"resuming .* at env step [1-9]\d*", log.read_text()), log.read_text()[-2000:]
     assert (run / "DONE").exists()

@@ -169,9 +169,30 @@ def cli_flags(section, prefix="--", dashes=True):
     return " ".join(words)
 
 
+def clear_stale_snakemake_locks():
+    """After `kill -9` of snakemake its directory locks (.snakemake/locks) stay, and every later call stops with a
+    LockException. Each planning snakemake holds an flock on .snakemake/kalbench.flock for as long as it lives (the
+    kernel drops it when the process dies, however): if this one gets it, no other snakemake of this working
+    directory is alive, so any Snakemake lock left is stale and is removed. If not, another one runs, and nothing is
+    touched (Snakemake then refuses to run alongside it, as usual)."""
+    import fcntl
+    import shutil
+
+    os.makedirs(".snakemake", exist_ok=True)
+    handle = open(os.path.join(".snakemake", "kalbench.flock"), "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    shutil.rmtree(os.path.join(".snakemake", "locks"), ignore_errors=True)
+    return handle   # kept open (a global below) for the life of this process
+
+
 # Only where the Snakefile is read to plan (not again inside each job of a cluster executor).
 if not workflow.remote_exec:
     check_study_runs()
+    _PLANNER_FLOCK = clear_stale_snakemake_locks()
 
 
 def run_flags(method):

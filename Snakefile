@@ -6,6 +6,10 @@
     snakemake --profile workflow/profiles/local --configfile config/paper.yaml   # a workstation with GPUs
     snakemake --report results/default/report.html        # HTML report: figures, run table, provenance
 
+Every call also reads the workflow's own profile, profiles/default/ (`--rerun-incomplete`): after snakemake itself
+was killed (kill -9, a lost login node), the same command goes on (a Snakemake lock that no live snakemake holds is
+cleared: common.smk); interrupted runs resume from their checkpoints.
+
 How a study setting reaches a run: the study YAML's `train:`, `model:` and `sac:` sections become the run CLI's
 flags in `run_flags()` (workflow/rules/common.smk); the train rule (workflow/rules/train.smk) puts them on its
 `python -m rl.train` command line. Results go to results/<study>/ under the working directory (the repository

@@ -106,6 +106,7 @@ class RunConfig:
         self.sac = typed_fields(SACConfig, self.sac, "sac")
         self.model_config()
         self.sac_config()
+        check_buildable(self)
         return self
 
     def resolved(self) -> dict[str, Any]:
@@ -120,6 +121,27 @@ class RunConfig:
 
 def flag(name: str) -> str:
     return "--" + name.replace("_", "-")
+
+
+def check_buildable(cfg: RunConfig) -> None:
+    """Build the run's agent on PyTorch's meta device (no memory, no compute; ~10 ms) so that a model setting
+    which only the model's constructor checks (e.g. `--model.activation Foo`, `--model.hidden_dim 0` of a config
+    without validators) is a bad value of the command line (exit 2, one line), not a traceback mid-run.
+    Not checked here: what depends on the machine (`mamba_backend cuda` needs a GPU and mamba_ssm; the run checks
+    it once its device is known, rl/train.py). Shapes are stand-ins: a 64x64 image, or an 8-dim state, 2 actions.
+    Raises ValueError naming the method's model and the error."""
+    import torch
+
+    model_cfg = cfg.model_config()
+    if getattr(model_cfg, "mamba_backend", None) == "cuda":
+        model_cfg = dataclasses.replace(model_cfg, mamba_backend="torch")
+    obs_shape = (3, 64, 64) if cfg.obs == "pixels" else (8,)
+    try:
+        with torch.device("meta"):
+            methods.build_agent(cfg.method, obs_shape, 2, model_cfg, cfg.sac_config(), torch.device("meta"))
+    except (ValueError, TypeError, AttributeError, RuntimeError) as e:
+        raise ValueError(f"--model/--sac: method {cfg.method!r} cannot be built with these settings: "
+                         f"{type(e).__name__}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -259,6 +281,21 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
         parser.error(str(e))
 
 
+def requested_obs(argv: list[str]) -> str | None:
+    """The observation type a command line asks for (`--obs X`, `--obs=X`, or `obs:` of its `--config` file), read
+    without checking anything and without importing dm_control (rl/render.py must choose the renderer first).
+    None if it names none or cannot be read (parse_args then reports the problem)."""
+    from rl.render import flag_value
+
+    obs = flag_value(argv, "--obs")
+    if obs is None and flag_value(argv, "--config") is not None:
+        try:
+            obs = load_yaml(flag_value(argv, "--config")).get("obs")
+        except (OSError, ValueError, yaml.YAMLError):
+            return None
+    return obs if isinstance(obs, str) else None
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     data = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
@@ -267,6 +304,17 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         if not isinstance(data.get(k, {}), dict):
             raise ValueError(f"--config {path}: {k!r} must be a mapping")
     return data
+
+
+def first_refused(runs: list[dict[str, Any]]) -> tuple[int, str] | None:
+    """(index, error) of the first of `runs` (dicts of RunConfig fields) that `config_from_dict` refuses, else None.
+    The workflow checks every run of a study with it before any job (workflow/rules/common.smk)."""
+    for i, values in enumerate(runs):
+        try:
+            config_from_dict(values)
+        except ValueError as e:
+            return i, str(e)
+    return None
 
 
 def config_from_dict(values: dict[str, Any]) -> RunConfig:

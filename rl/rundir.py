@@ -4,7 +4,8 @@
     eval.csv       env_step, wall_clock_s, return_mean, return_std, episodes
     probe.csv      env_step, features_r2, observation_r2 (state / noisy_state runs: the belief probe, rl/probe.py)
     train.csv      env_step, wall_clock_s, updates, <loss terms>, train_return, fps
-    checkpoint.pt  everything needed to resume bit-for-bit
+    checkpoint.pt  everything needed to resume bit-for-bit; tensors and plain containers only (loaded with
+                   torch.load(weights_only=True): a checkpoint from elsewhere never runs code)
     replay/        the replay episodes the checkpoint refers to (removed once DONE unless keep_replay)
     DONE           JSON, written last: final_return, env_steps, wall_clock_s, reason
 
@@ -23,6 +24,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -30,6 +32,28 @@ from rl.io import atomic_save, atomic_to_csv, atomic_write_text
 from rl.probe import PROBE_COLUMNS
 
 EVAL_COLUMNS = ["env_step", "wall_clock_s", "return_mean", "return_std", "episodes"]
+# What rl/train.py's snapshot holds; a checkpoint without one of them is not a kalbench checkpoint.
+CHECKPOINT_KEYS = ("config", "agent", "rng", "counters", "wall_clock_s", "replay_episodes", "eval_rows", "train_rows",
+                   "log_acc")
+
+
+class InvalidCheckpoint(ValueError):
+    """checkpoint.pt is not a checkpoint this code can resume (corrupt, foreign, or holding pickled objects)."""
+
+
+def checkpoint_safe(obj: Any) -> Any:
+    """`obj` with every numpy array turned into a tensor and every numpy scalar into a Python number, so that the
+    checkpoint holds only what `torch.load(weights_only=True)` accepts: tensors, numbers, strings, None and
+    dicts / lists / tuples of them (e.g. numpy's global RNG state keeps its MT19937 key as a uint32 tensor)."""
+    if isinstance(obj, np.ndarray):
+        return torch.from_numpy(obj.copy())
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, dict):
+        return {k: checkpoint_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(checkpoint_safe(v) for v in obj)
+    return obj
 PACKAGES = ("torch", "numpy", "dm_control", "mujoco", "pandas", "kalbench", "mamba_ssm")
 
 
@@ -118,10 +142,30 @@ class RunDir:
         atomic_to_csv(pd.DataFrame(rows, columns=columns + ["train_return", "fps"]), self.train_csv)
 
     def save_checkpoint(self, state: dict[str, Any]) -> None:
-        atomic_save(state, self.checkpoint)
+        """Write `state` in a form that `torch.load(weights_only=True)` reads (see `checkpoint_safe`)."""
+        atomic_save(checkpoint_safe(state), self.checkpoint)
 
     def load_checkpoint(self) -> dict[str, Any]:
-        return torch.load(self.checkpoint, map_location="cpu", weights_only=False)
+        """The checkpoint, loaded with `weights_only=True` (a pickle from elsewhere can hold only tensors and plain
+        containers: it never runs code). InvalidCheckpoint naming the file if it is not a kalbench checkpoint."""
+        import pickle
+
+        try:
+            state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, TypeError, AttributeError) as e:
+            # torch's message wraps the cause in advice to load with weights_only=False: keep only the cause
+            lines = [line.strip() for line in str(e).splitlines() if line.strip() and not line.startswith(
+                ("Weights only load failed", "Please file an issue", "Check the documentation"))]
+            why = lines[0] if lines else type(e).__name__
+            raise InvalidCheckpoint(f"{self.checkpoint} is not a valid kalbench checkpoint (torch.load with "
+                                    f"weights_only=True: {why[:300]}); nothing was overwritten. Move it away to start "
+                                    "this run over, or use another --out") from None
+        missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise InvalidCheckpoint(f"{self.checkpoint} is not a valid kalbench checkpoint (missing "
+                                    f"{', '.join(missing)}); nothing was overwritten. Move it away to start this "
+                                    "run over, or use another --out")
+        return state
 
     def write_done(self, summary: dict[str, Any]) -> None:
         atomic_write_text(self.done, json.dumps(summary, indent=2) + "\n")

@@ -17,9 +17,11 @@ on SIGTERM/SIGINT. A restart loads it and continues exactly as an uninterrupted 
 same thread count, bit for bit; evaluation forks the torch RNG so it never perturbs training).
 
 Exit status: 0 done (or already DONE); 143 / 130 stopped by SIGTERM / SIGINT after writing the checkpoint of
-the last iteration boundary (the interrupted iteration is redone on restart); 1 a non-finite loss (the
-error names the term; the last good checkpoint is kept, never overwritten); 2 bad command line, or an
---out directory that holds a run with another config (the error names the differing fields).
+the last iteration boundary (the interrupted iteration is redone on restart); 1 a non-finite loss or action
+(the error names the loss term or the actor; the last good checkpoint is kept, never overwritten); 2 a bad
+command line or a setting this machine cannot run (`--model.mamba_backend cuda` without CUDA, no headless
+renderer: rl/render.py), an --out directory that holds a run with another config (the error names the
+differing fields), or a checkpoint.pt that is not a valid checkpoint (nothing is overwritten).
 
 Wall clock: `wall_clock_s` and the `wall_clock_hours` budget count the time of every process of the run up to
 its last snapshot (time spent after it, in a killed iteration, is not counted).
@@ -38,13 +40,13 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rl import methods
+from rl import methods, render
 from rl.agent import NonFiniteLossError
-from rl.config import RunConfig, parse_args
+from rl.config import RunConfig, parse_args, requested_obs
 from rl.envs import make_env
 from rl.probe import ProbeRecorder, recorder_for
 from rl.replay import EpisodeReplay
-from rl.rundir import RunDir, provenance
+from rl.rundir import InvalidCheckpoint, RunDir, provenance
 
 TRAIN_STREAM, EVAL_STREAM = 0, 1
 DIAG_STREAM = 4   # the diagnostics batch of each train.csv row: its own generator, never the training one
@@ -54,6 +56,34 @@ RESTART_MAY_CHANGE = ("out", "device", "torch_threads", "wall_clock_hours", "kee
 
 class ConfigMismatch(ValueError):
     """The run directory holds a run with another config."""
+
+
+class NonFiniteActionError(FloatingPointError):
+    """The policy output a NaN or inf action (stops the run like a non-finite loss: exit 1, checkpoint kept)."""
+
+
+def check_action(action: np.ndarray, method: str, where: str) -> None:
+    """NonFiniteActionError naming the actor and where, if `action` has a NaN or inf entry (the simulator would
+    otherwise fail later with a PhysicsError, or silently integrate garbage)."""
+    if not np.all(np.isfinite(action)):
+        raise NonFiniteActionError(f"the SAC actor of {method} output a non-finite action "
+                                   f"{np.array2string(np.asarray(action), precision=3)} ({where})")
+
+
+def check_machine(cfg: RunConfig, device: torch.device) -> None:
+    """Settings that are valid values but cannot run on this machine or device: ValueError naming the flag (exit 2),
+    before anything is built or written."""
+    backend = getattr(cfg.model_config(), "mamba_backend", None)
+    if backend == "cuda":
+        from models.mamba import load_mamba_ssm
+
+        why = [] if device.type == "cuda" else [f"the run's device is {device} (--device {cfg.device})"]
+        kernels, missing = load_mamba_ssm()
+        if kernels is None:
+            why.append(missing)
+        if why:
+            raise ValueError(f"--model.mamba_backend cuda: cannot run here: {'; '.join(why)}. Use "
+                             "--model.mamba_backend auto (the kernels where they can run) or torch")
 
 
 class Preempted(Exception):
@@ -67,7 +97,11 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {name}: no CUDA GPU is available to PyTorch; use --device cpu or auto")
-    return torch.device(name)
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
+                         f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
+    return device
 
 
 def episode_seed(seed: int, stream: int, *index: int) -> int:
@@ -95,6 +129,7 @@ class Trainer:
         self.cfg = cfg
         self.rundir = RunDir(cfg.out)
         self.device = resolve_device(cfg.device)
+        check_machine(cfg, self.device)
         if cfg.torch_threads > 0:
             torch.set_num_threads(cfg.torch_threads)
         random.seed(cfg.seed)
@@ -162,6 +197,8 @@ class Trainer:
                 action = self.explore_rng.uniform(-1.0, 1.0, size=env.action_dim).astype(np.float32)
             else:
                 action, state = self.agent.act(obs, state, deterministic=mode == "eval")
+                check_action(action, self.cfg.method, f"{'evaluation' if mode == 'eval' else 'training'} episode "
+                             f"with seed {seed}, agent step {len(actions)}, env step {self.env_step}")
                 if probe is not None:
                     probe.record(self.agent.last_features.cpu(), obs, env.true_state())
             obs, reward, done, info = env.step(action)
@@ -286,7 +323,8 @@ class Trainer:
                 raise
         rng = state["rng"]
         random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
+        name, key, *rest = rng["numpy"]   # the MT19937 key is stored as a tensor (rl/rundir.py: safe checkpoints)
+        np.random.set_state((name, np.asarray(key, dtype=np.uint32), *rest))
         torch.set_rng_state(rng["torch"])
         if self.device.type == "cuda" and "cuda" in rng:
             torch.cuda.set_rng_state(rng["cuda"], self.device)
@@ -345,6 +383,12 @@ class Trainer:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:   # before dm_control is imported (parse_args imports it to check the task)
+        render.configure(renders=requested_obs(argv) == "pixels")
+    except render.RendererUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     cfg = parse_args(argv)
     rundir = RunDir(cfg.out)
     if rundir.is_done():
@@ -367,10 +411,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stopped by {p}: checkpoint written at env step {snap['counters']['env_step']}; run the same "
               "command again to resume", file=sys.stderr, flush=True)
         return 128 + p.signum
-    except ConfigMismatch as e:
+    except (ConfigMismatch, InvalidCheckpoint) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except NonFiniteLossError as e:
+    except (NonFiniteLossError, NonFiniteActionError) as e:
         if rundir.has_checkpoint():
             kept = f"{rundir.checkpoint} keeps the last good state (env step {trainer.checkpointed_step})"
         else:

@@ -6,7 +6,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-export MUJOCO_GL=${MUJOCO_GL:-osmesa} PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-osmesa}
 config=config/default.yaml
 if (( $# )) && [[ "$1" == *.yaml ]]; then config=$1; shift; fi
 exec .venv/bin/snakemake --configfile "$config" --cores "$(nproc)" --rerun-incomplete "$@"

@@ -5,7 +5,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KALBENCH_WITH_SLURM=1 bash scripts/setup.sh
-export MUJOCO_GL=${MUJOCO_GL:-osmesa} PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-osmesa}
 if (( $# )); then
     exec .venv/bin/python -m pytest "$@"
 fi

@@ -3,7 +3,10 @@ thread (the CI machine has 2 cores shared by several jobs), and reproducible glo
 import os
 
 os.environ.setdefault("MUJOCO_GL", "osmesa")
-os.environ.setdefault("PYOPENGL_PLATFORM", "osmesa")
+
+from rl import render  # noqa: E402
+
+render.follow()  # PYOPENGL_PLATFORM to match MUJOCO_GL (the caller's, or osmesa)
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

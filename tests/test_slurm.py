@@ -21,12 +21,20 @@ import yaml
 
 from tests.test_workflow import ROOT, tiny_study
 
-pytestmark = [
+needs_cluster = [
     pytest.mark.slurm,
     pytest.mark.skipif(shutil.which("slurmctld") is None or shutil.which("munged") is None,
                        reason="slurm-wlm and munge are not installed"),
     pytest.mark.skipif(os.geteuid() != 0, reason="the local Slurm cluster needs root"),
 ]
+
+
+def _marked(*marks):
+    def apply(fn):
+        for mark in reversed(marks):
+            fn = mark(fn)
+        return fn
+    return apply
 
 SCRIPT = ROOT / "scripts" / "slurm-local.sh"
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
@@ -49,6 +57,7 @@ def scontrol_job(job_id: str) -> dict[str, str]:
     return dict(re.findall(r"(\w[\w/:]*)=(\S*)", out))
 
 
+@_marked(*needs_cluster)
 def test_profile_runs_a_study_slice_in_slurm_and_resumes_a_preempted_run(cluster, tmp_path):
     cfg = tiny_study("slurm", [("rssm", 0)], env_steps=5000)
     (tmp_path / "slurm.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -95,7 +104,7 @@ def test_profile_runs_a_study_slice_in_slurm_and_resumes_a_preempted_run(cluster
     for job in (retry, scontrol_job(collect_ids[0])):
         assert job["JobState"] == "COMPLETED" and job["ExitCode"] == "0:0"
         assert job["WorkDir"] == str(tmp_path)
-    assert retry["TresPerJob"] == "gres:gpu:1"             # one GPU per train job (the profile's set-resources)
+    assert retry["TresPerJob"] == "gres:gpu:1"             # one GPU per train job (the train rule's resources)
     assert retry["MinMemoryNode"] == "1000M" and retry["TimeLimit"] == "00:10:00"   # the study's resources
     assert logs[train_ids[1]].is_file() and logs[collect_ids[0]].is_file()
 
@@ -107,6 +116,7 @@ def test_profile_runs_a_study_slice_in_slurm_and_resumes_a_preempted_run(cluster
     assert (tmp_path / "results/slurm/scores.csv").is_file()
 
 
+@_marked(*needs_cluster)
 def test_profile_as_typed_is_the_paper_study(tmp_path):
     """`snakemake --profile slurm`, exactly as typed from the repository root, plans the paper study (dry run; the
     published scores from a local copy, as the machine is offline)."""
@@ -121,3 +131,58 @@ def test_profile_as_typed_is_the_paper_study(tmp_path):
     assert "Using profile slurm" in out.stdout
     stats = job_stats(out.stdout)
     assert stats["train"] == 245 and stats["train_dreamerv3"] == 20 and stats["all"] == 1
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# A stand-in sbatch (no cluster needed): what the profile submits
+
+STAND_IN_SBATCH = """#!/bin/bash
+# A stand-in for sbatch: records its arguments, submits nothing.
+printf '%s\\n' "$*" >> "$FAKE_SBATCH_LOG"
+echo "sbatch: error: stand-in sbatch, nothing submitted" >&2
+exit 1
+"""
+
+
+def submitted_train_job(tmp_path: Path, *args: str, **env: str) -> str:
+    """The sbatch arguments of the train job of a one-run study under `snakemake --profile slurm ARGS`, as typed
+    from the repository root, with a stand-in sbatch (and do-nothing squeue/sinfo/sacct) first on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sbatch").write_text(STAND_IN_SBATCH)
+    for tool in ("squeue", "sinfo", "sacct", "scontrol", "sacctmgr", "sshare"):
+        (bin_dir / tool).write_text("#!/bin/bash\nexit 0\n")
+    for tool in bin_dir.iterdir():
+        tool.chmod(0o755)
+    (tmp_path / "fs.yaml").write_text(yaml.safe_dump(tiny_study("fs", [("rssm", 0)]), sort_keys=False))
+    calls = tmp_path / "sbatch_calls.txt"
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("KALBENCH_SLURM_")}
+    environ.update({"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_SBATCH_LOG": str(calls),
+                    "KALBENCH_SLURM_ACCOUNT": "acct", **env})
+    out = subprocess.run([SNAKEMAKE, "--profile", "slurm", "--directory", str(tmp_path / "work"), "--configfile",
+                          str(tmp_path / "fs.yaml"), "--retries", "0", *args, "--",
+                          "results/fs/runs/noisy_state/walker-walk/rssm/ctx4/seed0/DONE"],
+                         cwd=ROOT, env=environ, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         timeout=600)
+    assert "stand-in sbatch, nothing submitted" in out.stdout, out.stdout[-3000:]
+    (call,) = calls.read_text().splitlines()
+    return call.split(" --wrap=")[0]
+
+
+@pytest.mark.parametrize("override", ["train:runtime=30", "train:qos=long"])
+def test_a_command_line_set_resources_keeps_the_gpu_and_gpu_partition(override, tmp_path):
+    """Issue 13, case 6: a `--set-resources` on the command line replaces the profile's whole `set-resources`; the
+    train job must still ask for its GPU in the GPU partition (they are the train rule's own resources)."""
+    call = submitted_train_job(tmp_path, "--set-resources", override, KALBENCH_SLURM_GPU_PARTITION="gpuq",
+                               KALBENCH_SLURM_PARTITION="cpuq")
+    words = call.split()
+    assert "--gpus=1" in words and "--gres=gpu:1" not in call, call
+    assert "-p gpuq" in call and "-A acct" in call, call
+    assert ("-t 30" if "runtime" in override else "--qos=long") in call, call   # the override applies too
+    assert "--mem 1000" in call and "--cpus-per-task=1" in words, call     # the study's resources
+
+
+def test_gres_switch_asks_for_the_gpu_with_gres(tmp_path):
+    """KALBENCH_SLURM_GPU_FLAG=gres: clusters that refuse --gpus get --gres=gpu:1 (and never both)."""
+    call = submitted_train_job(tmp_path, "--set-resources", "train:runtime=30", KALBENCH_SLURM_GPU_FLAG="gres")
+    assert "--gres=gpu:1" in call.split() and "--gpus" not in call, call

@@ -249,7 +249,7 @@ def test_sigkill_at_a_random_point_then_restart_gives_the_same_curve(reference_r
         rc = proc.wait()
     assert rc == -signal.SIGKILL, f"the run ended before the kill (delay {delay:.2f} s): exit status {rc}"
     assert not (out / "DONE").exists()
-    killed_at = torch.load(out / "checkpoint.pt", weights_only=False)["counters"]["env_step"]
+    killed_at = torch.load(out / "checkpoint.pt", weights_only=True)["counters"]["env_step"]
     assert 40 <= killed_at < 200
     assert main(argv("kalmamba", "noisy_state", out, **RESUME_FLAGS)) == 0
     assert_same_curve(out, reference_run)
@@ -269,7 +269,7 @@ def test_sigterm_writes_a_checkpoint_exits_143_and_resumes(reference_run, tmp_pa
     assert rc == 128 + signal.SIGTERM == 143, text
     assert "stopped by SIGTERM: checkpoint written" in text
     assert (out / "checkpoint.pt").stat().st_mtime_ns > before  # written on the signal
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["counters"]["updates"] >= 10 and not (out / "DONE").exists()
     assert read_eval(out)["env_step"].tolist() == [r["env_step"] for r in ckpt["eval_rows"]]
     assert main(argv("kalmamba", "noisy_state", out, **RESUME_FLAGS)) == 0
@@ -291,7 +291,7 @@ def test_sigint_checkpoints_the_last_boundary_exits_130_and_resumes(reference_ru
     before = signal.getsignal(signal.SIGINT)   # SIG_IGN where the tests run as a background job
     assert main(argv("kalmamba", "noisy_state", out, **RESUME_FLAGS)) == 130
     assert "stopped by SIGINT" in capsys.readouterr().err
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["counters"]["updates"] == 20 and ckpt["counters"]["env_step"] == 120
     assert signal.getsignal(signal.SIGINT) is before  # handlers restored
     monkeypatch.setattr(Agent, "update", original)
@@ -337,7 +337,7 @@ def test_non_finite_loss_names_the_term_and_keeps_the_last_good_checkpoint(tmp_p
     assert f"model_{state['term']} = nan" in err and "update 12" in err, err
     assert "keeps the last good state (env step 80)" in err, err
     assert not (out / "DONE").exists()
-    ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
     assert ckpt["counters"]["env_step"] == 80 and ckpt["counters"]["updates"] == 10
     for v in ckpt["agent"]["world_model"].values():
         assert torch.isfinite(v).all()
@@ -353,6 +353,80 @@ def test_non_finite_loss_names_the_term_and_keeps_the_last_good_checkpoint(tmp_p
     (out / "DONE").unlink()
     assert main(argv("kalmamba", "noisy_state", out, env_steps=120, checkpoint_every=40, seed=1)) == 2
     assert "seed: 0 in the checkpoint, 1 now" in capsys.readouterr().err
+
+
+def test_non_finite_action_names_the_actor_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):
+    """Issue 13, case 8: a policy that outputs NaN stops the run like a non-finite loss (not a PhysicsError)."""
+    out = tmp_path / "run"
+    original = Agent.act
+    state = {"calls": 0}
+
+    def act_nan_once(self, obs, agent_state, deterministic=False):
+        action, agent_state = original(self, obs, agent_state, deterministic)
+        state["calls"] += 1
+        if state["calls"] == 25:  # the 3rd policy episode (10 agent steps each), after the checkpoint at step 80
+            action = np.full_like(action, np.nan)
+        return action, agent_state
+
+    monkeypatch.setattr(Agent, "act", act_nan_once)
+    args = argv("rssm", "noisy_state", out, env_steps=120, checkpoint_every=40, eval_every=1000)
+    assert main(args) == 1
+    err = capsys.readouterr().err.strip()
+    assert "the SAC actor of rssm output a non-finite action [nan" in err and "env step 80" in err, err
+    assert "keeps the last good state (env step 80)" in err and "Traceback" not in err, err
+    assert not (out / "DONE").exists()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["counters"]["env_step"] == 80
+    monkeypatch.setattr(Agent, "act", original)
+    assert main(args) == 0 and json.loads((out / "DONE").read_text())["env_steps"] == 120
+
+
+@pytest.mark.parametrize("content", ["garbage", "pickle"])
+def test_a_checkpoint_that_is_not_a_safe_checkpoint_stops_the_run_naming_it(content, tmp_path, capsys):
+    """Issue 13, case 10: checkpoint.pt loads with weights_only=True; a file from elsewhere that holds code (or is
+    not a checkpoint) stops the run with one line naming it, exit 2, and nothing in the run directory changes."""
+    import pickle
+
+    out = tmp_path / "run"
+    out.mkdir()
+    marker = tmp_path / "executed"
+    if content == "garbage":
+        (out / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    else:
+        class Payload:
+            def __reduce__(self):
+                return (os.system, (f"touch {marker}",))
+
+        torch.save({"config": Payload()}, out / "checkpoint.pt")
+    (out / "config.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main(argv("sac", "noisy_state", out)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {out / 'checkpoint.pt'} is not a valid kalbench checkpoint"), err
+    assert len(err.splitlines()) == 1 and "nothing was overwritten" in err
+    assert not marker.exists()  # the pickle's code never ran
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert pickle  # (used to build the payload)
+
+
+def test_mamba_cuda_backend_without_cuda_is_a_bad_value(tmp_path, capsys):
+    """Issue 13, case 8: a value that only the model's constructor (or the device) can check is one line, exit 2."""
+    args = argv("kalmamba", "noisy_state", tmp_path / "run", device="cpu") + ["--model.mamba_backend", "cuda"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: --model.mamba_backend cuda: cannot run here") and "Traceback" not in err, err
+    assert len(err.splitlines()) == 1 and not (tmp_path / "run" / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("method,extra,message", [
+    ("rssm", ["--model.activation", "Foo"], "module 'torch.nn' has no attribute 'Foo'"),
+    ("vrkn", ["--model.activation", "relu"], "module 'torch.nn' has no attribute 'relu'"),
+])
+def test_model_values_checked_only_by_the_constructor_are_bad_flags(method, extra, message, tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        parse_args(argv(method, "noisy_state", tmp_path / "run") + extra)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"method {method!r} cannot be built with these settings" in err and message in err, err
 
 
 def test_wall_clock_budget_stops_the_run(tmp_path):

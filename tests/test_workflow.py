@@ -205,6 +205,145 @@ def test_schema_lists_exactly_the_config_dataclass_fields():
             assert _schema_type_ok(props[name], hints[name]), f"{key}.{name}: {props[name]} vs {hints[name]}"
 
 
+# Every section of the schema that lists a config dataclass's fields: (schema $defs key, dataclass, a method using
+# it, how the run CLI takes it).
+def _sections():
+    from models.kalmamba import KalMambaConfig
+    from models.passthrough import PassthroughConfig
+    from models.rssm import RSSMConfig
+    from models.sac import SACConfig
+    from models.vrkn import VRKNConfig
+    from rl.config import RunConfig
+
+    return [("train", RunConfig, "kalmamba", "train"), ("kalmamba", KalMambaConfig, "kalmamba", "model"),
+            ("rssm", RSSMConfig, "rssm", "model"), ("vrkn", VRKNConfig, "vrkn", "model"),
+            ("passthrough", PassthroughConfig, "sac", "model"), ("sac", SACConfig, "kalmamba", "sac")]
+
+
+def _probes(prop: dict, default) -> list:
+    """Values around every bound of a numeric schema entry (and the default), or the enum's values plus one more."""
+    if "enum" in prop:
+        return list(prop["enum"]) + ["not_a_value"]
+    types = prop.get("type") if isinstance(prop.get("type"), list) else [prop.get("type")]
+    bounds = [prop[k] for k in ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum") if k in prop]
+    if "integer" in types:
+        return sorted({-1, 0, 1, 2, *(b + d for b in bounds for d in (-1, 0, 1))})
+    if "number" in types:
+        return sorted({-1.0, 0.0, 0.5, 1.0, 2.0, *(b + d for b in bounds for d in (-1e-3, 0.0, 1e-3))}
+                      | ({float(default)} if isinstance(default, (int, float)) else set()))
+    return []
+
+
+def test_schema_bounds_agree_with_the_run_cli_for_every_field():
+    """Issue 13, case 4: every value the study schema accepts runs, or is refused when the study starts. For each
+    field of each config section, values around the schema's bounds go through the schema and through the run
+    CLI's own checks (rl.config.config_from_dict: the dataclass validators and building the model):
+    - a value the run takes, the schema takes too (where the dataclass has a validator to compare with);
+    - a value the schema takes and the run refuses is refused for another field too (a constraint between
+      fields, e.g. a_min < a_init < a_max, that the Snakefile's run check reports before any job)."""
+    from jsonschema import Draft202012Validator
+
+    from rl.config import config_from_dict
+
+    defs = yaml.safe_load(SCHEMA.read_text())["$defs"]
+    base = {"task": "walker-walk", "obs": "noisy_state", "out": "x"}
+    checked = 0
+    for key, cls, method, how in _sections():
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for name, prop in defs[key]["properties"].items():
+            default = fields[name].default
+            for value in _probes(prop, default):
+                schema_ok = Draft202012Validator(prop).is_valid(value)
+                values = {**base, "method": method}
+                if how == "train":
+                    values[name] = value
+                else:
+                    values[how] = {name: value}
+                try:
+                    config_from_dict(values)
+                    run_ok, error = True, ""
+                except ValueError as e:
+                    run_ok, error = False, str(e)
+                checked += 1
+                if run_ok and (hasattr(cls, "__post_init__") or how == "train"):
+                    assert schema_ok, f"{key}.{name} = {value!r}: the run takes it, the schema refuses it ({prop})"
+                if schema_ok and not run_ok:   # names another field, or a group it shares with one (obs_var_*)
+                    others = set(fields) - {name} | {"context_length"}
+                    words = set(re.findall(r"[a-z_]+", error.replace("-", "_")))
+                    assert words & others or any(name.startswith(w) and any(o.startswith(w) for o in others)
+                                                 for w in words if len(w) > 2), \
+                        f"{key}.{name} = {value!r}: the schema takes it, the run refuses it: {error}"
+    assert checked > 500
+
+
+def test_every_suite_task_is_a_study_task():
+    """Issue 13, case 4: every dm_control suite task (digits, capitals and all: swimmer-swimmer6, stacker-stack_4,
+    humanoid_CMU-stand) passes the schema, the workflow's task wildcard (the same pattern, common.smk) and the run
+    CLI; lqr's tasks (unbounded actions) only the run CLI refuses, naming them."""
+    from dm_control import suite
+
+    from rl.envs import valid_tasks
+
+    pattern = yaml.safe_load(SCHEMA.read_text())["$defs"]["experiment"]["properties"]["tasks"]["items"]["pattern"]
+    assert "task=TASK_PATTERN" in (ROOT / "workflow/rules/common.smk").read_text()
+    runnable = set(valid_tasks())
+    for domain, task in suite.ALL_TASKS:
+        name = f"{domain}-{task}"
+        cfg = load_config("default")
+        cfg["experiments"]["noisy_state"]["tasks"] = [name]
+        validate(cfg, str(SCHEMA))
+        assert re.fullmatch(pattern.removeprefix("^").removesuffix("$"), name), name
+        assert (name in runnable) == (domain != "lqr"), name
+    assert {"swimmer-swimmer6", "stacker-stack_4", "humanoid_CMU-stand"} <= runnable
+
+
+def test_a_study_of_every_suite_task_plans_one_run_per_task(tmp_path):
+    """The DAG of a study with every runnable suite task: one train job each (the wildcard takes every name)."""
+    from rl.envs import valid_tasks
+
+    cfg = tiny_study("tasks", [("sac", 0)])
+    cfg["experiments"]["noisy_state"]["tasks"] = valid_tasks()
+    study = write_study(tmp_path / "tasks.yaml", cfg)
+    out = snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(study),
+                    "-n", "--cores", "1")
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert job_stats(out.stdout)["train"] == len(valid_tasks())
+    for task in ("swimmer-swimmer6", "stacker-stack_4", "humanoid_CMU-stand"):
+        assert f"results/tasks/runs/noisy_state/{task}/sac/ctx4/seed0/DONE" in out.stdout, task
+
+
+STUDY_RUNS_REFUSED = {
+    # name: (change to a one-run study, words of the message)
+    "unknown task": (lambda c: _set(c, "experiments.noisy_state.tasks", ["walker-walkk"]),
+                     ["task walker-walkk", "unknown task 'walker-walkk'; valid tasks:"]),
+    "lqr task": (lambda c: _set(c, "experiments.noisy_state.tasks", ["lqr-lqr_2_1"]), ["unknown task 'lqr-lqr_2_1'"]),
+    "context longer than an episode": (lambda c: _set(c, "experiments.noisy_state.context_lengths", [600]),
+                                       ["context length 600", "--context-length: 600 exceeds"]),
+    "a_min above a_init": (lambda c: _set(c, "model", {"kalmamba": {"a_min": 0.95}}),
+                           ["method kalmamba", "a_min/a_init/a_max: need 0 <= a_min < a_init < a_max"]),
+    "no such activation": (lambda c: _set(c, "model.rssm.activation", "Foo"),
+                           ["method rssm", "module 'torch.nn' has no attribute 'Foo'"]),
+}
+
+
+@pytest.mark.parametrize("case", list(STUDY_RUNS_REFUSED))
+def test_a_run_the_run_cli_refuses_stops_the_study_before_any_job(case, tmp_path):
+    """Issue 13, case 4: values each valid alone but not together (or not a suite task) stop Snakemake at its start
+    with a message naming the grid, the run and the setting, before any job."""
+    change, words = STUDY_RUNS_REFUSED[case]
+    cfg = tiny_study("refused", [("kalmamba" if "a_min" in case else "rssm", 0)])
+    change(cfg)
+    study = write_study(tmp_path / "refused.yaml", cfg)
+    out = snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(study),
+                    "--cores", "1")
+    assert out.returncode != 0
+    assert f"Invalid study config ({study}): experiments.noisy_state: the run (obs noisy_state" in out.stdout, \
+        out.stdout[-3000:]
+    for w in words:
+        assert w in out.stdout, (w, out.stdout[-3000:])
+    assert not (tmp_path / "results").exists()
+
+
 def _smk_literal(name: str):
     """The value of a literal assignment `NAME = ...` in workflow/rules/common.smk."""
     tree = ast.parse((ROOT / "workflow/rules/common.smk").read_text().split("\nwildcard_constraints:")[0])
@@ -437,6 +576,13 @@ def test_train_commands_carry_every_study_setting(smoke_dry_run):
     assert seen == expected_runs(cfg)
 
 
+def test_jobs_leave_the_renderer_to_the_run(smoke_dry_run):
+    """Issue 13, case 7: no job's shell sets MUJOCO_GL or PYOPENGL_PLATFORM (a GPU job used to get
+    PYOPENGL_PLATFORM=egl next to a user's MUJOCO_GL=osmesa); the run chooses them (rl/render.py)."""
+    shells = [line for line in smoke_dry_run.splitlines() if "python -m " in line]
+    assert shells and not [line for line in shells if "MUJOCO_GL" in line or "PYOPENGL_PLATFORM" in line]
+
+
 def test_bench_command_parses_with_the_benchmark_cli(smoke_dry_run):
     from benchmarks.update_step import parse_args
 
@@ -481,16 +627,21 @@ def run_study(tmp_path: Path, cfg: dict, *args: str, timeout: float = 600) -> su
 
 
 def test_failing_run_is_reported_with_its_log(tmp_path):
-    """A run the run CLI refuses (context 600 > the 501 steps of a walker episode) fails; Snakemake names the
-    run's log, and the log says why."""
-    cfg = tiny_study("failing", [("rssm", 0)])
-    cfg["experiments"]["noisy_state"]["context_lengths"] = [600]
-    cfg["main_context_length"] = 600
-    out = run_study(tmp_path, cfg, "--cores", "1", "results/failing/runs/noisy_state/walker-walk/rssm/ctx600/seed0/DONE")
+    """A run that fails on the machine it runs on (`mamba_backend: cuda` without CUDA: a setting the study check
+    cannot refuse, as the planning machine need not be the one that runs it) fails; Snakemake names the run's log,
+    and the log says why in one line."""
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    cfg = tiny_study("failing", [("kalmamba", 0)])
+    cfg["model"] = {"kalmamba": {"mamba_backend": "cuda"}}
+    out = run_study(tmp_path, cfg, "--cores", "1", "results/failing/runs/noisy_state/walker-walk/kalmamba/ctx4/seed0/DONE")
     assert out.returncode != 0
-    log = "results/failing/logs/runs/noisy_state/walker-walk/rssm/ctx600/seed0.log"
+    log = "results/failing/logs/runs/noisy_state/walker-walk/kalmamba/ctx4/seed0.log"
     assert log in out.stdout, out.stdout[-3000:]
-    assert "--context-length: 600 exceeds the 501 steps of an episode" in (tmp_path / log).read_text()
+    text = (tmp_path / log).read_text()
+    assert "error: --model.mamba_backend cuda: cannot run here" in text and "Traceback" not in text, text
 
 
 def test_dreamerv3_without_its_environment_stops_before_any_job(tmp_path):
@@ -610,6 +761,46 @@ def test_interrupted_study_resumes_without_redoing_finished_runs(tmp_path):
     assert "1 of 1 steps (100%) done" in out.stdout                   # only the interrupted run ran
     assert re.search(r"resuming .* at env step [1-9]\d*", log.read_text()), log.read_text()[-2000:]
     assert (second / "DONE").exists()
+
+
+@pytest.mark.slow
+def test_study_recovers_after_snakemake_itself_was_killed(tmp_path):
+    """Issue 13, case 9: `kill -9` of snakemake (and of its jobs: a lost node) while a run trains leaves the run's
+    output marked incomplete and Snakemake's directory lock in place. The same plain command again (no
+    --rerun-incomplete: the workflow's own profile, profiles/default, sets it; no --unlock: common.smk clears a
+    lock no live snakemake holds) resumes the run from its checkpoint and finishes."""
+    cfg = tiny_study("killed", [("rssm", 0)], env_steps=4000)
+    run = tmp_path / "results/killed/runs/noisy_state/walker-walk/rssm/ctx4/seed0"
+    study = write_study(tmp_path / "killed.yaml", cfg)
+    env = {**os.environ, "MUJOCO_GL": "osmesa", "OMP_NUM_THREADS": "1"}
+    cmd = [SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(study),
+           "--cores", "1", str(run.relative_to(tmp_path) / "DONE")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            time.sleep(0.5)
+        assert (run / "checkpoint.pt").exists(), "the run never checkpointed"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+    assert not (run / "DONE").exists()
+    out = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert "IncompleteFilesException" not in out.stdout and "LockException" not in out.stdout
+    log = tmp_path / "results/killed/logs/runs/noisy_state/walker-walk/rssm/ctx4/seed0.log"
+    assert re.search(r"resuming .* at env step [1-9]\d*", log.read_text()), log.read_text()[-2000:]
+    assert (run / "DONE").exists()
+
+
+def test_every_documented_way_to_start_a_study_reruns_incomplete_jobs():
+    """Issue 13, case 9: the workflow's own profile (read on every call) and both named profiles set
+    rerun-incomplete; the commands in the Snakefile's docstring and in config/default.yaml need nothing more."""
+    for profile in ("profiles/default", "slurm", "workflow/profiles/local"):
+        assert yaml.safe_load((ROOT / profile / "config.yaml").read_text())["rerun-incomplete"] is True, profile
+    assert "--rerun-incomplete" in (ROOT / "scripts/study.sh").read_text()
 
 
 @pytest.mark.slow

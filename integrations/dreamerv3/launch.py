@@ -225,6 +225,14 @@ def package_versions() -> dict[str, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from rl import render
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:   # before dm_control is imported (parse_args imports it to check the task)
+        render.configure(renders=render.flag_value(argv, "--obs") == "pixels")
+    except render.RendererUnavailable as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     a = parse_args(argv)
     rundir = Path(a.out)
     if (rundir / "DONE").exists():

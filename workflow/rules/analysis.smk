@@ -43,8 +43,7 @@ rule collect:
         LOGS + "/collect.log",
     threads: ANALYSIS["cpus_per_task"]
     resources:
-        mem_mb=ANALYSIS["mem_mb"],
-        runtime=ANALYSIS["runtime"],
+        **job_resources(ANALYSIS),
     shell:
         JOB_ENV + "export OMP_NUM_THREADS={threads} MPLBACKEND=Agg; "
         "python -m analysis collect --results {RESULTS} --study-config {input.study}"
@@ -67,8 +66,7 @@ rule estimates:
         LOGS + "/estimates.log",
     threads: ANALYSIS["cpus_per_task"]
     resources:
-        mem_mb=ANALYSIS["mem_mb"],
-        runtime=ANALYSIS["runtime"],
+        **job_resources(ANALYSIS),
     params:
         reps=config["analysis"]["bootstrap_reps"],
         seed=config["analysis"]["seed"],
@@ -96,8 +94,7 @@ rule figures:
         LOGS + "/figures.log",
     threads: ANALYSIS["cpus_per_task"]
     resources:
-        mem_mb=ANALYSIS["mem_mb"],
-        runtime=ANALYSIS["runtime"],
+        **job_resources(ANALYSIS),
     shell:
         JOB_ENV + "export OMP_NUM_THREADS={threads} MPLBACKEND=Agg; "
         "python -m analysis figures --results {RESULTS} --study-config {input.study} > {log} 2>&1"
@@ -119,8 +116,7 @@ rule tables:
         LOGS + "/tables.log",
     threads: ANALYSIS["cpus_per_task"]
     resources:
-        mem_mb=ANALYSIS["mem_mb"],
-        runtime=ANALYSIS["runtime"],
+        **job_resources(ANALYSIS),
     shell:
         JOB_ENV + "export OMP_NUM_THREADS={threads} MPLBACKEND=Agg; "
         "python -m analysis tables --results {RESULTS} --study-config {input.study} > {log} 2>&1"

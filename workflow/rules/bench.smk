@@ -27,14 +27,12 @@ rule bench:
         LOGS + "/bench.log",
     params:
         flags=bench_flags(config.get("benchmark", {})),
-        gpus=lambda wildcards, resources: resources.get("gpu", 0),
-        gl=gl_backend,
+        gpus=job_gpus,
     threads: config["resources"]["bench"]["cpus_per_task"]
     resources:
-        mem_mb=config["resources"]["bench"]["mem_mb"],
-        runtime=config["resources"]["bench"]["runtime"],
+        **job_resources(config["resources"]["bench"], gpu_job=True),
     shell:
-        JOB_ENV + GL_ENV + "export OMP_NUM_THREADS={threads}; "
+        JOB_ENV + "export OMP_NUM_THREADS={threads}; "
         "{SCRIPTS:q}/with-free-gpu.sh {params.gpus}"
         " python -m benchmarks.update_step {params.flags} --out {output} > {log} 2>&1"
 
@@ -48,11 +46,10 @@ rule bench_kalman:
         LOGS + "/bench_kalman.log",
     params:
         flags=bench_flags(config.get("kalman_benchmark", {}), KALMAN_SWITCHES),
-        gpus=lambda wildcards, resources: resources.get("gpu", 0),
+        gpus=job_gpus,
     threads: config["resources"]["bench"]["cpus_per_task"]
     resources:
-        mem_mb=config["resources"]["bench"]["mem_mb"],
-        runtime=config["resources"]["bench"]["runtime"],
+        **job_resources(config["resources"]["bench"], gpu_job=True),
     shell:
         JOB_ENV + "export OMP_NUM_THREADS={threads}; "
         "{SCRIPTS:q}/with-free-gpu.sh {params.gpus}"

@@ -3,6 +3,8 @@ import os
 import shlex
 import sys
 
+import yaml
+from snakemake.exceptions import WorkflowError
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 STUDY = config["study"]
@@ -12,9 +14,9 @@ LOGS = f"{RESULTS}/logs"
 # Every job's shell starts with JOB_ENV: the Python environment that runs Snakemake first on PATH (so that
 # `.venv/bin/snakemake` needs no activated venv), except where jobs run in a container (--sdm apptainer) or a conda
 # env, which bring their own; and the repository's code importable from any working directory (--directory) and
-# inside the container (which holds the environment, not the code). GL_ENV: a headless MuJoCo renderer unless the
-# environment already chose one (the container sets egl; otherwise egl for a job holding a GPU, else osmesa).
-# (Both are shell-command templates: Snakemake fills in {BASEDIR:q}, {PYTHON_BIN:q} and {params.gl}; `{{` is `{`.)
+# inside the container (which holds the environment, not the code). (A shell-command template: Snakemake fills in
+# {BASEDIR:q} and {PYTHON_BIN:q}; `{{` is `{`.) The MuJoCo renderer is not set here: the run chooses it
+# (rl/render.py: the user's MUJOCO_GL if set, with PYOPENGL_PLATFORM to match, else a headless backend that works).
 BASEDIR = workflow.basedir
 SCRIPTS = os.path.join(BASEDIR, "workflow", "scripts")
 _OWN_ENV = {DeploymentMethod.APPTAINER, DeploymentMethod.CONDA} & set(workflow.deployment_settings.deployment_method)
@@ -22,16 +24,53 @@ PYTHON_BIN = "" if _OWN_ENV else os.path.dirname(sys.executable)
 JOB_ENV = ("export PATH={PYTHON_BIN:q}:$PATH; " if PYTHON_BIN else "") + \
     "export PYTHONPATH={BASEDIR:q}${{PYTHONPATH:+:$PYTHONPATH}}; "
 
+# What a job asks its executor for lives in the rule itself, never only in a profile: Snakemake replaces a
+# profile's whole `set-resources` (and `default-resources`) when the command line has its own, so a
+# `--set-resources train:qos=long` would otherwise drop the GPU and the GPU partition of every train job.
+#   GPUs: `resources.<job>.gpus` of the study (default 1 for runs and benchmarks), as the resource `gpu` (sbatch
+#     --gpus=N; also what workflow/profiles/local counts) or, with KALBENCH_SLURM_GPU_FLAG=gres, `gres` (sbatch
+#     --gres=gpu:N, for clusters that refuse --gpus).
+#   KALBENCH_SLURM_PARTITION, KALBENCH_SLURM_GPU_PARTITION (jobs with a GPU), KALBENCH_SLURM_ACCOUNT: Slurm's
+#     partition and account (ignored by other executors). A `--set-resources` on the command line still wins.
+GPU_FLAGS = ("gpus", "gres")
+GPU_FLAG = os.environ.get("KALBENCH_SLURM_GPU_FLAG", "gpus")
+if GPU_FLAG not in GPU_FLAGS:
+    raise WorkflowError(f"KALBENCH_SLURM_GPU_FLAG={GPU_FLAG!r}: must be one of {', '.join(GPU_FLAGS)}")
 
-def gl_backend(wildcards, resources):
-    """MuJoCo's default renderer for a job: egl on a GPU, osmesa (software) without one."""
-    return "egl" if resources.get("gpu", 0) else "osmesa"
+
+def job_resources(section, gpu_job=False):
+    """A rule's resources from a `resources.<job>` section of the study: mem_mb, runtime (minutes), the GPUs of a
+    GPU job (`gpus`, default 1) and the Slurm partition and account from the environment."""
+    res = {"mem_mb": section["mem_mb"], "runtime": section["runtime"]}
+    gpus = section.get("gpus", 1) if gpu_job else 0
+    if gpus:
+        res.update({"gpu": gpus} if GPU_FLAG == "gpus" else {"gres": f"gpu:{gpus}"})
+    partition = (gpus and os.environ.get("KALBENCH_SLURM_GPU_PARTITION")) or os.environ.get("KALBENCH_SLURM_PARTITION")
+    if partition:
+        res["slurm_partition"] = partition
+    if os.environ.get("KALBENCH_SLURM_ACCOUNT"):
+        res["slurm_account"] = os.environ["KALBENCH_SLURM_ACCOUNT"]
+    return res
 
 
-GL_ENV = "export MUJOCO_GL=${{MUJOCO_GL:-{params.gl}}} PYOPENGL_PLATFORM=${{PYOPENGL_PLATFORM:-{params.gl}}}; "
+def job_gpus(wildcards, resources):
+    """GPUs a job holds (0 or 1; workflow/scripts/with-free-gpu.sh): its `gpu` resource, or the count of its
+    `gres=gpu[:type][:N]`."""
+    if resources.get("gpu", 0):
+        return resources.get("gpu")
+    gres = str(resources.get("gres", "") or "")
+    if not gres.startswith("gpu"):
+        return 0
+    last = gres.split(":")[-1]
+    return int(last) if last.isdigit() else 1
 
 # One run directory: the run CLI's --out. Its files: config.json, eval.csv, train.csv, checkpoint.pt, DONE.
 RUN = RESULTS + "/runs/{obs}/{task}/{method}/ctx{ctx}/seed{seed}"
+
+# A task name as the study schema accepts it (one pattern for the schema and the wildcard; which names are suite
+# tasks is the run CLI's check, check_study_runs below).
+TASK_PATTERN = yaml.safe_load(open(os.path.join(BASEDIR, "config", "schema.yaml")))[
+    "$defs"]["experiment"]["properties"]["tasks"]["items"]["pattern"].removeprefix("^").removesuffix("$")
 
 ALL_METHODS = ["kalmamba", "kalmamba_no_mamba", "kalmamba_no_dropout", "kalmamba_no_reg",
                "rssm", "vrkn", "sac", "dreamerv3"]
@@ -60,6 +99,51 @@ def study_runs():
     return [dict(obs=o, task=t, method=m, ctx=c, seed=s) for o, t, m, c, s in sorted(runs)]
 
 
+def check_study_runs():
+    """Every run of the study is one the run CLI accepts: its own checks (rl.config: suite task names, context
+    length vs episode length, the model configs' validators, building each model on the meta device) on the
+    study's settings, before any job. The schema checks each key alone; this, the combinations. Stops with a
+    message naming the grid, the run and the bad setting. Runs in a child process (it imports torch and
+    dm_control, which must not touch Snakemake's process); skipped with a note where that environment lacks them
+    (jobs in containers or conda envs: each run then checks its settings at its start)."""
+    import json
+    import subprocess
+
+    runs, where, seen = [], [], set()
+    for name, grid in config["experiments"].items():
+        for task in grid["tasks"]:
+            for method in grid["methods"]:
+                for ctx in grid["context_lengths"]:
+                    key = (grid["obs"], task, method, ctx)
+                    if method == "dreamerv3" or key in seen:
+                        continue
+                    seen.add(key)
+                    model = dict(config.get("model", {}).get(MODEL_FAMILY[method]) or {})
+                    model.pop(ABLATED_FIELD.get(method), None)
+                    runs.append({**config["train"], "method": method, "task": task, "obs": grid["obs"],
+                                 "context_length": ctx, "out": RESULTS, "model": model,
+                                 "sac": dict(config.get("sac") or {})})
+                    where.append(f"experiments.{name}: the run (obs {grid['obs']}, task {task}, method {method}, "
+                                 f"context length {ctx})")
+    code = "import json, sys; from rl.config import first_refused; print(json.dumps(first_refused(json.load(sys.stdin))))"
+    env = {**os.environ, "MUJOCO_GL": "disable", "PYTHONPATH": BASEDIR + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    out = subprocess.run([sys.executable, "-c", code], input=json.dumps(runs), capture_output=True, text=True,
+                         env=env)
+    if out.returncode != 0:
+        if "ModuleNotFoundError" in out.stderr:
+            print(f"Note: the study's runs are not checked against the run CLI here ({out.stderr.strip().splitlines()[-1]});"
+                  " each run checks its settings when it starts.", file=sys.stderr)
+            return
+        raise WorkflowError(f"Checking the study's runs against the run CLI failed:\n{out.stderr[-3000:]}")
+    refused = json.loads(out.stdout.strip().splitlines()[-1])
+    if refused is not None:
+        i, error = refused
+        files = ", ".join(map(str, workflow.configfiles)) or "--config"
+        raise WorkflowError(
+            f"Invalid study config ({files}): {where[i]} cannot run: {error} (study keys: train.<f>, "
+            f"model.{MODEL_FAMILY[runs[i]['method']]}.<f>, sac.<f> for --<f>, --model.<f>, --sac.<f>)")
+
+
 STUDY_RUNS = study_runs()
 STUDY_METHODS = sorted({run["method"] for run in STUDY_RUNS})
 # What the analysis waits for: the DONE marker of every run (written last, atomically, by the run itself).
@@ -85,6 +169,32 @@ def cli_flags(section, prefix="--", dashes=True):
     return " ".join(words)
 
 
+def clear_stale_snakemake_locks():
+    """After `kill -9` of snakemake its directory locks (.snakemake/locks) stay, and every later call stops with a
+    LockException. Each planning snakemake holds an flock on .snakemake/kalbench.flock for as long as it lives (the
+    kernel drops it when the process dies, however): if this one gets it, no other snakemake of this working
+    directory is alive, so any Snakemake lock left is stale and is removed. If not, another one runs, and nothing is
+    touched (Snakemake then refuses to run alongside it, as usual)."""
+    import fcntl
+    import shutil
+
+    os.makedirs(".snakemake", exist_ok=True)
+    handle = open(os.path.join(".snakemake", "kalbench.flock"), "a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        return None
+    shutil.rmtree(os.path.join(".snakemake", "locks"), ignore_errors=True)
+    return handle   # kept open (a global below) for the life of this process
+
+
+# Only where the Snakefile is read to plan (not again inside each job of a cluster executor).
+if not workflow.remote_exec:
+    check_study_runs()
+    _PLANNER_FLOCK = clear_stale_snakemake_locks()
+
+
 def run_flags(method):
     """The run CLI's flags that come from the study config, for one method:
     `train:` -> --<field-name>, `model.<family of method>:` -> --model.<field>, `sac:` -> --sac.<field>."""
@@ -99,6 +209,6 @@ def run_flags(method):
 
 wildcard_constraints:
     obs="pixels|state|noisy_state",
-    task="[a-z][a-z_]*-[a-z][a-z_]*",
+    task=TASK_PATTERN,
     ctx=r"\d+",
     seed=r"\d+",

@@ -51,18 +51,16 @@ rule train_dreamerv3:
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
         flags=dreamerv3_flags,
-        gpus=lambda wildcards, resources: resources.get("gpu", 0),
-        gl=gl_backend,
+        gpus=job_gpus,
     threads: DV3_RESOURCES["cpus_per_task"]
     resources:
-        mem_mb=DV3_RESOURCES["mem_mb"],
-        runtime=DV3_RESOURCES["runtime"],
+        **job_resources(DV3_RESOURCES, gpu_job=True),
     conda:
         "../envs/dreamerv3.yaml"
     container:
         DV3.get("container", "containers/dreamerv3.sif")
     shell:
-        JOB_ENV + GL_ENV + "export OMP_NUM_THREADS={threads}; "
+        JOB_ENV + "export OMP_NUM_THREADS={threads}; "
         "{SCRIPTS:q}/exclusive.sh {params.run_dir} {SCRIPTS:q}/with-free-gpu.sh {params.gpus}"
         " python -m integrations.dreamerv3.launch --task {wildcards.task} --obs {wildcards.obs}"
         " --context-length {wildcards.ctx} --seed {wildcards.seed} --out {params.run_dir} {params.flags}"

@@ -19,15 +19,13 @@ rule train:
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
         flags=lambda wildcards: run_flags(wildcards.method),
-        # GPUs this job holds: 0 unless the profile sets `set-resources: train: gpu: 1`
-        gpus=lambda wildcards, resources: resources.get("gpu", 0),
-        gl=gl_backend,
+        # GPUs this job holds: resources.train.gpus of the study (default 1; common.smk, job_resources)
+        gpus=job_gpus,
     threads: config["resources"]["train"]["cpus_per_task"]
     resources:
-        mem_mb=config["resources"]["train"]["mem_mb"],
-        runtime=config["resources"]["train"]["runtime"],
+        **job_resources(config["resources"]["train"], gpu_job=True),
     shell:
-        JOB_ENV + GL_ENV + "export OMP_NUM_THREADS={threads}; "
+        JOB_ENV + "export OMP_NUM_THREADS={threads}; "
         "{SCRIPTS:q}/exclusive.sh {params.run_dir} {SCRIPTS:q}/with-free-gpu.sh {params.gpus}"
         " python -m rl.train --method {wildcards.method} --task {wildcards.task} --obs {wildcards.obs}"
         " --context-length {wildcards.ctx} --seed {wildcards.seed} {params.flags} --out {params.run_dir}"

@@ -289,7 +289,7 @@ def test_every_suite_task_is_a_study_task():
     runnable = set(valid_tasks())
     for domain, task in suite.ALL_TASKS:
         name = f"{domain}-{task}"
-        cfg = load_config("default")
+        cfg = load_config("smoke")
         cfg["experiments"]["noisy_state"]["tasks"] = [name]
         validate(cfg, str(SCHEMA))
         assert re.fullmatch(pattern.removeprefix("^").removesuffix("$"), name), name

@@ -55,13 +55,12 @@ import torch
 from torch import Tensor, nn
 
 from models.diagnostics import kalman_gain_stats, kl_active_fraction
-from models.kalman import METHODS, kalman_filter, kalman_predict, kalman_smoother, kalman_update
+from models.kalman import (METHODS, kalman_filter, kalman_predict, kalman_smoother, kalman_update,
+                           smoothed_conditional_kl)
 from models.mamba import BACKENDS, MambaStack
-from models.nets import (diag_gaussian_kl, gaussian_log_lik, is_image, make_decoder, make_encoder, mlp,
-                         obs_to_target, over_time, reward_scale_for, scaled_sigmoid, softplus_positive)
-from models.vrkn import smoothed_conditional
+from models.nets import (LatentObservation, diag_gaussian_kl, gaussian_log_lik, make_decoder, mlp, over_time,
+                         reward_scale_for, scaled_sigmoid)
 
-COND_VAR_FLOOR = 1e-8   # floor of the smoothed conditional variance (only against float underflow)
 REG_REDUCTIONS = ("sum", "mean")
 
 
@@ -170,17 +169,15 @@ class KalMamba(nn.Module):
     def __init__(self, obs_shape: tuple[int, ...], action_dim: int, cfg: KalMambaConfig):
         super().__init__()
         self.cfg, self.obs_shape, self.action_dim = cfg, tuple(obs_shape), action_dim
-        self.image = is_image(self.obs_shape)
-        self.obs_event_dims = len(self.obs_shape)
         D = cfg.latent_dim
         self.feature_dim = D
+        self.latent = LatentObservation(self.obs_shape, D, mlp_hidden_dim=cfg.mlp_hidden_dim,
+                                        conv_depth=cfg.conv_depth, mlp_layers=cfg.mlp_layers,
+                                        obs_var_init=cfg.obs_var_init, obs_var_min=cfg.obs_var_min,
+                                        init_var=cfg.init_var, init_var_min=cfg.init_var_min)
+        self.register_load_state_dict_pre_hook(LatentObservation.load_legacy_keys)
+        self.image, self.obs_event_dims = self.latent.image, self.latent.obs_event_dims
         self.reward_loss_scale = reward_scale_for(cfg.reward_loss_scale, self.image)
-
-        self.encoder, embed_dim = make_encoder(self.obs_shape, cfg.mlp_hidden_dim, cfg.conv_depth, cfg.mlp_layers)
-        self.w_head = nn.Linear(embed_dim, D)
-        self.var_w_head = nn.Linear(embed_dim, D)
-        self.register_buffer("mu0", torch.zeros(D))
-        self.raw_var0 = nn.Parameter(torch.zeros(D))
 
         self.nn_pre = mlp(D + action_dim, cfg.d_model, cfg.hidden_dim, cfg.nn_layers, act=nn.ELU, dropout=cfg.dropout)
         self.mamba = (MambaStack(cfg.d_model, cfg.n_layers, cfg.d_state, cfg.d_conv, cfg.expand, cfg.dropout,
@@ -193,17 +190,19 @@ class KalMamba(nn.Module):
 
     # ---- pieces -------------------------------------------------------------------------------------------------
     @property
+    def mu0(self) -> Tensor:
+        """Initial-state mean μ_0 = 0 (D,)."""
+        return self.latent.mu0
+
+    @property
     def var0(self) -> Tensor:
         """Learned initial-state variance σ²_0 (D,)."""
-        return softplus_positive(self.raw_var0, self.cfg.init_var, self.cfg.init_var_min)
+        return self.latent.var0
 
     def latent_obs(self, obs: Tensor, dequantize: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """obs (B, T, *obs_shape) -> (decoder target (B, T, *obs_shape), w (B, T, D), σ²_w (B, T, D)).
-        The target is cast to the parameters' dtype (uint8 images preprocess to float32)."""
-        target = obs_to_target(obs, self.image, dequantize).to(self.w_head.weight.dtype)
-        e = over_time(self.encoder, target, self.obs_event_dims)
-        var_w = softplus_positive(self.var_w_head(e), self.cfg.obs_var_init, self.cfg.obs_var_min)
-        return target, self.w_head(e), var_w
+        """obs (B, T, *obs_shape) -> (decoder target (B, T, *obs_shape), w (B, T, D), σ²_w (B, T, D))
+        (`models.nets.LatentObservation`)."""
+        return self.latent(obs, dequantize)
 
     def transition(self, m: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """NN_post: m (..., D), a (..., A) -> A, b, Σ^dyn (..., D) of the transition to the next step."""
@@ -323,11 +322,7 @@ class KalMamba(nn.Module):
     def dynamics_kl(f: dict[str, Tensor], z_s: Tensor) -> Tensor:
         """KL_t = KL(q(z_t | z_{t−1} = ẑ_{t−1}, w) ‖ N(A_{t−1} ẑ_{t−1} + b_{t−1}, Σ^dyn_{t−1})) for t = 1..T−1,
         summed over D -> (B, T−1). `f`: the output of `infer` (smoothed), z_s (B, T, D) the smoothed sample."""
-        cond_mean, cond_var = smoothed_conditional(f["var_f"], f["var_p"], f["mu_s"], f["var_s"], f["A"],
-                                                   f["var_dyn"], z_s)
-        cond_var = cond_var.clamp(min=COND_VAR_FLOOR)
-        prior_mean = f["A"][:, :-1] * z_s[:, :-1] + f["b"][:, :-1]
-        return diag_gaussian_kl(cond_mean, cond_var, prior_mean, f["var_dyn"][:, :-1])
+        return smoothed_conditional_kl(f["var_f"], f["var_p"], f["mu_s"], f["var_s"], f["A"], f["b"], f["var_dyn"], z_s)
 
     @staticmethod
     def mahalanobis(m: Tensor, mu_f: Tensor, var_f: Tensor) -> Tensor:
@@ -343,7 +338,7 @@ class KalMamba(nn.Module):
         no transition), placeholders for the last filtered belief `mean`, `var` and backbone output `m` (B, D),
         and the Mamba layers' recurrent states (`mamba`, None when use_mamba=False)."""
         D, device = self.cfg.latent_dim, self.mu0.device
-        dtype = self.raw_var0.dtype
+        dtype = self.latent.raw_var0.dtype
         return {"mean": self.mu0.expand(batch_size, D).clone(),
                 "var": self.var0.detach().expand(batch_size, D).clone(),
                 "m": torch.zeros(batch_size, D, device=device, dtype=dtype),

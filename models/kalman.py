@@ -38,6 +38,7 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from models.nets import diag_gaussian_kl
 from models.scan import associative_scan
 
 METHODS = ("auto", "fused", "parallel", "sequential")
@@ -499,3 +500,51 @@ def kalman_smoother(mu_f: Tensor, var_f: Tensor, mu_p: Tensor, var_p: Tensor, A:
     run = {"fused": _smoother_fused, "parallel": _smoother_parallel,
            "sequential": _smoother_sequential}[resolve_method(method, mu_f)]
     return run(mu_f, var_f, mu_p, var_p, A)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Smoothed conditional and its KL to the dynamics: the KL term of the smoothing ELBO (KalMamba and VRKN)
+# ----------------------------------------------------------------------------------------------------------------
+
+COND_VAR_FLOOR = 1e-8   # floor of the smoothed conditional variance in the KL (only against float underflow)
+
+
+def smoothed_conditional(var_f: Tensor, var_p: Tensor, mu_s: Tensor, var_s: Tensor, A: Tensor, var_dyn: Tensor,
+                         z_prev: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and variance of q(z_t | z_{t-1} = z_prev_{t-1}, w_{0..T-1}) for t = 1..T-1 (diagonal, H = I).
+
+    Gaussian conditioning of the smoothed pairwise marginal of (z_{t-1}, z_t), whose cross-covariance is
+    J_{t-1} Σˢ_t (the RTS smoother's pairwise marginal; docs/paper-notes.md#smoothing-elbo):
+        J_{t-1} = Σ⁺_{t-1} A_{t-1} / Σ⁻_t                  (RTS gain)
+        G_t     = Σˢ_t J_{t-1} / Σˢ_{t-1}
+        mean_t  = μˢ_t + G_t (z_{t-1} − μˢ_{t-1})
+        var_t   = Σˢ_t − G_t J_{t-1} Σˢ_t = Σˢ_t · L_{t-1} / Σˢ_{t-1},   L_{t-1} = Σ⁺_{t-1} Σ^dyn_{t-1} / Σ⁻_t
+    (L_{t-1} = Σ⁺_{t-1}(1 − J_{t-1} A_{t-1}) is the variance of z_{t-1} given z_t; Σˢ_{t-1} = L_{t-1} + J² Σˢ_t.
+    The product form is the same quantity without the cancellation of the difference form.)
+
+    Args (B, T, D): filtered variance var_f, predicted variance var_p (var_p_t = A_{t-1}² var_f_{t-1} + var_dyn_{t-1}
+    for t ≥ 1), smoothed mean/variance mu_s/var_s, transition A and var_dyn (index t: z_t -> z_{t+1}), and z_prev:
+    the values of z_{t-1} to condition on, at index t-1 (e.g. a sample of the smoothed marginals).
+    Returns (mean, var), each (B, T-1, D), for t = 1..T-1.
+    """
+    J = var_f[:, :-1] * A[:, :-1] / var_p[:, 1:]
+    L = var_f[:, :-1] * var_dyn[:, :-1] / var_p[:, 1:]
+    G = var_s[:, 1:] * J / var_s[:, :-1]
+    mean = mu_s[:, 1:] + G * (z_prev[:, :-1] - mu_s[:, :-1])
+    var = var_s[:, 1:] * L / var_s[:, :-1]
+    return mean, var
+
+
+def smoothed_conditional_kl(var_f: Tensor, var_p: Tensor, mu_s: Tensor, var_s: Tensor, A: Tensor, b: Tensor,
+                            var_dyn: Tensor, z_s: Tensor, min_var: float = COND_VAR_FLOOR) -> Tensor:
+    """KL_t = KL( q(z_t | z_{t-1} = ẑ_{t-1}, w) ‖ N(A_{t-1} ẑ_{t-1} + b_{t-1}, Σ^dyn_{t-1}) ) for t = 1..T-1.
+
+    The KL term of the smoothing ELBO that KalMamba takes over from VRKN (docs/paper-notes.md#smoothing-elbo):
+    ẑ = z_s (B, T, D) is a sample of the smoothed marginals; the left argument is `smoothed_conditional` at ẑ, the
+    right one the model's dynamics at ẑ. Other arguments as in `smoothed_conditional`, b (B, T, D) the transition
+    offset. The conditional variance is floored at `min_var` (only against float underflow; it is positive by
+    construction). Returns (B, T-1) in nats, summed over D.
+    """
+    cond_mean, cond_var = smoothed_conditional(var_f, var_p, mu_s, var_s, A, var_dyn, z_s)
+    prior_mean = A[:, :-1] * z_s[:, :-1] + b[:, :-1]
+    return diag_gaussian_kl(cond_mean, cond_var.clamp(min=min_var), prior_mean, var_dyn[:, :-1])

@@ -340,7 +340,7 @@ def test_stop_gradient_inside_the_loss_keeps_the_regulariser_off_the_observation
     model = make(dtype=torch.float64, reg_detach_belief=detach).eval()
     obs, pa, r = batch(B=2, T=5, dtype=torch.float64)
     _, terms = model.loss(obs, pa, r)
-    g_var_head, g_backbone = torch.autograd.grad(terms["loss_reg"], (model.var_w_head.weight, model.m_proj.weight),
+    g_var_head, g_backbone = torch.autograd.grad(terms["loss_reg"], (model.latent.var_w_head.weight, model.m_proj.weight),
                                                  allow_unused=True)
     assert g_backbone is not None and g_backbone.abs().sum() > 0
     if detach:

@@ -147,7 +147,7 @@ def diag_gaussian_kl(mu_q: Tensor, var_q: Tensor, mu_p: Tensor, var_p: Tensor) -
 def reward_scale_for(reward_loss_scale: float | None, image: bool) -> float:
     """The weight of the reward NLL in a world-model loss: `reward_loss_scale`, or if None, by observation type:
     10 for images (VRKN's `decoder_loss_scales`, whose settings all have images, where the reconstruction NLL sums
-    12288 pixels) and 1 for state vectors (CoRAL's `reward_scale_factor`; digest §5.1, fidelity review D4)."""
+    12288 pixels) and 1 for state vectors (CoRAL's `reward_scale_factor`; docs/paper-notes.md#reward-weight)."""
     if reward_loss_scale is not None:
         return float(reward_loss_scale)
     return 10.0 if image else 1.0

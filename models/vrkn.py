@@ -1,14 +1,15 @@
 """Variational Recurrent Kalman Network (VRKN; Becker & Neumann, TMLR 2022) as the world model of the
-"VRKN + SAC" baseline (digest §4.1, §5.1, §9; github.com/pbecker93/vrkn).
+"VRKN + SAC" baseline (github.com/pbecker93/vrkn; docs/paper-notes.md#baselines).
 
-Latent state z_t ∈ R^D with a diagonal Gaussian belief; auxiliary observation (H = I):
+Latent state z_t ∈ R^D with a diagonal Gaussian belief; auxiliary observation (H = I) and learned prior as in KalMamba
+(`models.nets.LatentObservation`):
 
     (w_t, σ²_w,t) = (Linear(e_t), softplus(Linear(e_t) + shift) + 0.01),   e_t = enc(o_t)      (init σ²_w = 1)
     z_0 ~ N(0, diag σ²_0),   σ²_0 = softplus(θ + shift) + 0.001 learned (init 1)                    (no transition at t = 0)
     z_t | z_{t-1} ~ N(A_t z_{t-1} + b_t, diag q_t),   (A_t, b_t, q_t) = f(μ⁺_{t-1}, a_{t-1})    (locally linear)
 
 The transition parameters are computed from the previous *filtered mean* μ⁺_{t-1} and the action (an EKF-like
-linearisation, digest §9.1), which makes inference sequential:
+linearisation), which makes inference sequential:
 
     x  = MCDropout(ReLU(Linear([μ⁺_{t-1}, a_{t-1}])))
     g  = GRUCell(x, hidden = μ⁺_{t-1})                    ("fake GRU": the filtered mean is the GRU state)
@@ -19,13 +20,13 @@ linearisation, digest §9.1), which makes inference sequential:
 Inference: Kalman predict + update (Joseph form) per step, then a Rauch-Tung-Striebel smoother (`cfg.smoother`); the
 single-step equations and the smoother come from `models.kalman` (not re-implemented here).
 
-Objective: the smoothing ELBO (digest §5.1, VRKN `AEVIObjective`). With ẑ_t ~ N(μˢ_t, Σˢ_t) one sample of the
-smoothed marginals (used by the decoders and the KL):
+Objective: the smoothing ELBO (VRKN `AEVIObjective`; docs/paper-notes.md#smoothing-elbo). With ẑ_t ~ N(μˢ_t, Σˢ_t)
+one sample of the smoothed marginals (used by the decoders and the KL):
 
     L = obs_scale · NLL(o_t | ẑ_t) + reward_scale · NLL(r_t | ẑ_t)          (reward_scale: 10 on images, 1 on states)
         + (1/T) · init_kl_scale · mean max(0, KL(N(μˢ_0, Σˢ_0) ‖ N(0, σ²_0)) − free_nats)
         + ((T−1)/T) · kl_scale · mean_{b, t≥1} max(0, KL_t − free_nats),
-    KL_t = KL( q(z_t | z_{t-1} = ẑ_{t-1}, w_{≥t}) ‖ N(A_t ẑ_{t-1} + b_t, q_t) )         (`smoothed_conditional_kl`)
+    KL_t = KL( q(z_t | z_{t-1} = ẑ_{t-1}, w_{≥t}) ‖ N(A_t ẑ_{t-1} + b_t, q_t) )     (models.kalman.smoothed_conditional_kl)
 
 MC dropout is nn.Dropout: on in train() (the model loss), off in eval() (features for SAC, acting, evaluation:
 VRKN's "MAP mode"). Features for SAC: the filtered mean μ⁺_t.
@@ -53,7 +54,7 @@ from models.nets import (LatentObservation, diag_gaussian_kl, gaussian_log_lik, 
 @dataclass
 class VRKNConfig:
     """VRKN hyper-parameters. Source of each default: the official VRKN code (pbecker93/vrkn: `TransitionFactory`,
-    `AEVRKNObjectiveFactory`, `AVPolicyTrainerFactory`, `experiments/actor_value/av_vrkn.py`; digest §9) unless
+    `AEVRKNObjectiveFactory`, `AVPolicyTrainerFactory`, `experiments/actor_value/av_vrkn.py`) unless
     noted."""
     latent_dim: int = 230            # `lod` (= RSSM's 200 deterministic + 30 stochastic)
     hidden_dim: int = 300            # transition net width (`hidden_size`)
@@ -70,7 +71,7 @@ class VRKNConfig:
     init_var: float = 1.0            # learned initial-state variance (`initial_state_var`, `min_initial_state_var`)
     init_var_min: float = 0.001
     conv_depth: int = 32             # Dreamer conv encoder/decoder depth (images)
-    mlp_hidden_dim: int = 300        # state-vector encoder/decoder width ([INF] CoRAL's vector encoder 3×300 ELU)
+    mlp_hidden_dim: int = 300        # state-vector encoder/decoder width ([INF]: CoRAL's vector encoder 3×300 ELU)
     mlp_layers: int = 3
     reward_hidden_dim: int = 300     # reward head 3×300 ELU (VRKN dense decoder default)
     reward_layers: int = 3
@@ -80,7 +81,7 @@ class VRKNConfig:
     obs_loss_scale: float = 1.0      # `decoder_loss_scales` = [1.0, 10.0] (av_vrkn.py, image-only input)
     reward_loss_scale: float | None = None  # None: by observation type (models.nets.reward_scale_for): 10 on images
                                      # (`decoder_loss_scales`; every VRKN setting has images), 1 on state vectors
-                                     # (CoRAL `reward_scale_factor`; fidelity review D4)
+                                     # (CoRAL `reward_scale_factor`; docs/paper-notes.md#reward-weight)
     smoother: str = "auto"           # models.kalman smoother method: "auto" | "fused" | "parallel" | "sequential"
     lr: float = 6e-4                 # `model_learning_rate` (Adam)
     adam_eps: float = 1e-8           # `model_adam_epsilon`
@@ -104,7 +105,8 @@ def check_batch(obs: Tensor, prev_actions: Tensor, rewards: Tensor | None, obs_s
 
 
 class LocallyLinearTransition(nn.Module):
-    """(μ⁺_{t-1} (B, D), a_{t-1} (B, A)) -> (A_t, b_t, var_dyn_t), each (B, D), with MC dropout (digest §9.1)."""
+    """(μ⁺_{t-1} (B, D), a_{t-1} (B, A)) -> (A_t, b_t, var_dyn_t), each (B, D), with MC dropout (VRKN's
+    `TransitionFactory`)."""
 
     def __init__(self, latent_dim: int, action_dim: int, cfg: VRKNConfig):
         super().__init__()

@@ -31,6 +31,10 @@ positions are never used in arithmetic, so they may hold anything (even NaN) wit
 Numerics: the forms below avoid cancellation, so variances stay positive in float32:
     1 - K = var_w / S,   var_f = var_p * var_w / S  (= Joseph form),   S = var_p + var_w
     smoother: var_s = var_f * max(1 - J A, 0) + J² var_s_next  (= var_f + J² (var_s_next - var_p_next))
+
+The smoothing ELBO's KL term, shared by KalMamba and VRKN, is here too: `smoothed_conditional` gives
+q(z_t | z_{t-1}, w) from the smoother's outputs, `smoothed_conditional_kl` its KL to the dynamics
+(docs/paper-notes.md#smoothing-elbo).
 """
 from __future__ import annotations
 

@@ -27,7 +27,7 @@ order each repetition, after `--warmup` untimed calls per case):
 
 Models: each method's default config (`rl.methods.make_model_config`) with the latent size set to
 `--latent-dim` (default 230, VRKN's `lod`): KalMamba and VRKN `latent_dim`; RSSM stochastic + deterministic
-state = 30 + 200 (the VRKN repo's RSSM, digest §9.3), scaled proportionally for other sizes; then any
+state = 30 + 200 (the VRKN repo's RSSM, docs/paper-notes.md#baselines), scaled proportionally for other sizes; then any
 `--set METHOD.FIELD=VALUE` (e.g. `--set kalmamba.d_state=8`). SAC: `SACConfig()`.
 Inputs are random batches shaped like the environment's: `noisy_state` or `state` (B, T, --obs-dim) float32
 (walker: 24; the two differ only inside the environment, so they time the same) or `pixels` (B, T, 3, 64, 64) uint8, actions in [-1, 1] (--action-dim, walker: 6), rewards in [0, 1].

@@ -22,7 +22,7 @@ _METHODS: dict[str, tuple[str, str, str, str, dict[str, Any]]] = {
     "sac": ("models.passthrough", "Passthrough", "PassthroughConfig", "sac", {}),
 }
 # SACConfig defaults of a method where its published design differs from CoRAL's "SSM + SAC" defaults
-# (models/sac.py). Plain SAC follows CoRAL's `plain_sac.yml` (digest §10): lr 3e-4, actor clip 1000. Flags win.
+# (models/sac.py); flags win. Plain SAC: CoRAL's `plain_sac.yml` (docs/paper-notes.md#baselines), lr 3e-4, actor clip 1000.
 SAC_DEFAULTS: dict[str, dict[str, Any]] = {
     "sac": {"actor_lr": 3e-4, "critic_lr": 3e-4, "actor_grad_clip": 1000.0},
 }

@@ -24,7 +24,7 @@ from rl.agent import Agent
 from rl.config import RunConfig, config_from_dict, parse_args
 from rl.envs import DMCEnv
 from rl.replay import EpisodeReplay
-from rl.rundir import EVAL_COLUMNS
+from rl.run_contract import EVAL_COLUMNS
 from rl.train import Trainer, main
 
 REPO = Path(__file__).resolve().parent.parent

@@ -491,7 +491,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.update_step", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--methods", nargs="+", default=None,
-                   help="world models to time (default: rl.methods.benchmarked(): kalmamba, rssm, vrkn and plugins)")
+                   help="world models to time (default: rl.methods.benchmarked(), plugins included)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE",
                    help="a Python file registering your own method (examples/own_method.py); repeatable")
     p.add_argument("--context-lengths", nargs="+", type=int, default=None,

@@ -25,7 +25,7 @@ from rl import envs, methods
 
 @dataclass
 class RunConfig:
-    method: str                       # a method of rl/methods.py (e.g. kalmamba, rssm) or of the --plugin file
+    method: str                       # a method of rl/methods.py, or of the --plugin file
     task: str                         # dm_control `domain-task`, e.g. walker-walk
     obs: str                          # pixels | state | noisy_state
     out: str                          # run directory

@@ -219,20 +219,21 @@ def load_plugin(path: str | Path, execute: bool = True) -> Method:
 
     execute=True imports the file (as module `kalbench_plugin_<stem>`): the method can be trained and timed.
     execute=False reads the METHOD line without running the file (no torch): name, display name, colour, ...
-    for the workflow and the analysis; its classes stay names. Loading the same file again is a no-op (or
-    upgrades a read-only registration to an executed one). Raises ValueError naming the file: no such file,
+    for the workflow and the analysis; its classes stay names. Loading a file again returns its method as
+    registered (a file read as text is imported when asked to execute). Raises ValueError naming the file: no such file,
     no METHOD, a name that is a built-in method or another plugin's."""
     path = Path(path)
     if not path.is_file() or path.suffix != ".py":
         raise ValueError(f"plugin {str(path)!r}: no such Python file")
-    method = _execute(path) if execute else _read(path)
-    method = dataclasses.replace(method, plugin=str(path))
+    for known in _REGISTRY.values():   # loaded before: imported once (its classes stay the same objects)
+        if known.plugin and Path(known.plugin).resolve() == path.resolve():
+            if isinstance(known.model, type) or not execute:
+                return known
+    method = dataclasses.replace(_execute(path) if execute else _read(path), plugin=str(path))
     old = _REGISTRY.get(method.name)
     if old is not None and (not old.plugin or Path(old.plugin).resolve() != path.resolve()):
         owner = "a built-in method" if not old.plugin else f"the method of plugin {old.plugin}"
         raise ValueError(f"plugin {str(path)!r}: method name {method.name!r} is {owner}; choose another name")
-    if old is not None and not execute and isinstance(old.model, type):
-        return old   # already imported: keep its classes
     _REGISTRY[method.name] = method
     return method
 

@@ -81,7 +81,8 @@ def test_a_plugin_read_as_text_is_the_plugin_imported():
     imported = methods.load_plugin(EXAMPLE)
     assert imported.model.__name__ == "GRUWorldModel" and imported.config.__name__ == "GRUConfig"
     assert dataclasses.replace(imported, model=read.model, config=read.config) == read
-    assert methods.load_plugin(EXAMPLE, execute=False) is imported      # reading it again keeps the classes
+    assert methods.load_plugin(EXAMPLE, execute=False) is imported      # loading it again keeps the classes
+    assert methods.load_plugin(EXAMPLE) is imported
     assert methods.names()[-1] == "gru" and "gru" in methods.trained() and "gru" in methods.benchmarked()
     assert methods.model_family("gru") == "gru" and methods.families()[-1] == "gru"
 
@@ -230,8 +231,12 @@ def test_rl_train_trains_a_plugin_s_method_to_done_and_resumes_it_without_the_fl
     train = pd.read_csv(out / "train.csv")
     assert {"model_loss_recon", "model_loss_reward", "diag_grad_recon", "diag_grad_reward"} <= set(train.columns)
     assert train["updates"].iloc[-1] > 0
-    del methods._REGISTRY["gru"]   # a fresh process: the same command without --plugin finds it in config.json
+    # a restart (here: from the final checkpoint, DONE gone) in a fresh process without --plugin: config.json has it
+    del methods._REGISTRY["gru"]
+    (out / "DONE").unlink()
     assert main(gru_argv(out)) == 0
+    assert json.loads((out / "DONE").read_text())["env_steps"] == 200
+    assert len(json.loads((out / "config.json").read_text())["restarts"]) == 1
 
 
 @pytest.mark.parametrize("plugin, message", [

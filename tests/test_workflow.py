@@ -28,7 +28,7 @@ from snakemake.utils import validate
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = ROOT / "config" / "schema.yaml"
 SNAKEMAKE = str(Path(sys.executable).parent / "snakemake")
-RUN_FIELDS_FROM_GRID = {"method", "task", "obs", "out", "context_length", "seed", "model", "sac"}
+RUN_FIELDS_FROM_GRID = {"method", "task", "obs", "out", "context_length", "seed", "model", "sac", "plugin"}
 
 
 def load_config(name: str) -> dict:

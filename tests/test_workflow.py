@@ -383,7 +383,7 @@ def test_a_study_with_a_plugin_schedules_configures_and_times_its_method(tmp_pat
     """Issue 14: `plugins: [examples/own_method.py]` is the only change that puts `gru` in a study: its runs are
     train jobs that load the plugin and get `model.gru`, the benchmark loads (and so times) it, and the analysis
     plans its figures like any method's."""
-    cfg = tiny_study("plugin", [("rssm", 0), ("gru", 0), ("gru", 1)])
+    cfg = tiny_study("plugin", [("rssm", 0), ("gru", 0), ("gru", 1)])   # the grid: 2 methods x 2 seeds
     cfg["plugins"] = [EXAMPLE_PLUGIN]
     cfg["model"]["gru"] = {"latent_dim": 8, "mlp_hidden_dim": 16}
     cfg["benchmark"] = {"context_lengths": [4], "batch_size": 2, "quick": True}
@@ -391,7 +391,7 @@ def test_a_study_with_a_plugin_schedules_configures_and_times_its_method(tmp_pat
     out = snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(study),
                     "-n", "-p", "--cores", "1")
     assert out.returncode == 0, out.stdout[-3000:]
-    assert job_stats(out.stdout)["train"] == 3
+    assert job_stats(out.stdout)["train"] == 4
     train = [ln for ln in out.stdout.splitlines() if " -m rl.train " in ln]
     gru = [shlex.split(ln.split(" python ", 1)[1].split(" > ")[0]) for ln in train if "--method gru" in ln]
     assert len(gru) == 2

@@ -466,7 +466,7 @@ BAD = [
     (["--seed", "-1"], "--seed: -1"),
     (["--obs", "rgb"], "'rgb'; valid types: pixels, state, noisy_state"),
     (["--task", "walker-fly"], "'walker-fly'; valid tasks:"),
-    (["--method", "kalman"], "'kalman'; valid methods: kalmamba, kalmamba_no_mamba"),
+    (["--method", "kalman"], "'kalman'; valid methods: kalmamba, rssm, vrkn, sac, dreamerv3, kalmamba_no_mamba"),
     (["--method", "dreamerv3"], "integrations.dreamerv3"),
     (["--model.latent_dimm", "3"], "--model.latent_dimm: unknown field of KalMambaConfig"),
     (["--model.latent_dim", "2.5"], "--model.latent_dim: '2.5' is not a valid int"),

@@ -408,10 +408,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             r["sac_s"] = statistics.median(extra[k]["sac_s"])
             r["world_model_s"] = r["update_s"] - r["sac_s"] - r["features_s"]
 
-    config = {"methods": methods, "plugins": args.plugin, "context_lengths": ctxs, "batch_size": B, "repeats": args.repeats,
-              "warmup": args.warmup, "latent_dim": args.latent_dim, "obs": args.obs, "obs_shape": list(obs_shape),
-              "action_dim": args.action_dim, "device": device, "seed": args.seed, "quick": args.quick,
-              "breakdown": args.breakdown, "memory": args.memory, "set": args.set,
+    config = {"methods": methods, "plugins": args.plugin, "context_lengths": ctxs, "batch_size": B,
+              "repeats": args.repeats, "warmup": args.warmup, "latent_dim": args.latent_dim, "obs": args.obs,
+              "obs_shape": list(obs_shape), "action_dim": args.action_dim, "device": device, "seed": args.seed,
+              "quick": args.quick, "breakdown": args.breakdown, "memory": args.memory, "set": args.set,
               "torch_threads": torch.get_num_threads(),
               "forward": "model.loss in train() mode under no_grad",
               "update": "rl.agent.Agent.update (model step + features + SAC step)",

@@ -12,11 +12,11 @@ all that the rest of kalbench knows about a method, and nothing else lists metho
 Plugins. A user's method lives in one Python file (examples/own_method.py) with a world-model class, its config
 dataclass and one module-level registration, e.g.
 
-    METHOD = Method("gru", model=GRUWorldModel, config=GRUConfig, display_name="GRU", color="#ece133")
+    METHOD = Method("gru", model=GRUWorldModel, config=GRUConfig, display_name="GRU", color="#000000")
 
 `load_plugin(path)` imports the file and registers its METHOD (rl.train `--plugin`, benchmarks `--plugin`).
 The workflow and the analysis must not import torch, so they read the same line as text
-(`load_plugin(path, execute=False)`: the arguments must be literals, and the classes names defined in the file).
+(`load_plugin(path, execute=False)`: the arguments must be literals, or names of classes defined in the file).
 
 This module imports only the standard library; model modules are imported when a method's classes are needed.
 """

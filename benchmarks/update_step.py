@@ -341,7 +341,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 spec = {"method": m, "context_length": T, "batch_size": B, "obs_shape": list(obs_shape),
                         "action_dim": args.action_dim, "latent_dim": args.latent_dim, "quick": args.quick,
-                        "seed": args.seed, "mem_limit_bytes": limit, "set": args.set.get(m), "plugins": args.plugin}
+                        "seed": args.seed, "mem_limit_bytes": limit, "set": args.set.get(m),
+                        "plugins": [str(Path(p).resolve()) for p in args.plugin]}   # the child runs in REPO_ROOT
                 out = memory_cpu_subprocess(spec)
                 if "error" in out:
                     log(f"memory {m} T={T}: {out['error']}")

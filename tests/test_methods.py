@@ -292,3 +292,18 @@ def test_analysis_draws_a_plugin_s_method_with_its_colour_and_name():
         "noisy_state": {"obs": "noisy_state", "tasks": ["walker-walk"], "methods": ["gru", "kalmamba", "rssm"],
                         "context_lengths": [4]}}, "main_context_length": 4})[0]
     assert experiment.methods == ("kalmamba", "rssm", "gru") and not experiment.ablation_methods
+
+
+def test_update_benchmark_measures_a_plugin_s_memory_from_any_working_directory(tmp_path, monkeypatch):
+    """The CPU memory case runs in a subprocess in the repository: a plugin path relative to the caller's working
+    directory must reach it."""
+    import shutil
+
+    from benchmarks import update_step as bench
+
+    shutil.copy(EXAMPLE, tmp_path / "mine.py")
+    monkeypatch.chdir(tmp_path)
+    assert bench.main(["--quick", "--silent", "--device", "cpu", "--no-breakdown", "--repeats", "1", "--warmup", "0",
+                       "--context-lengths", "4", "--plugin", "mine.py", "--methods", "gru", "--out", "b.json"]) == 0
+    (row,) = json.loads((tmp_path / "b.json").read_text())["results"]
+    assert row["status"] == "ok" and row["peak_mem_mb"] is not None

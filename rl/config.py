@@ -66,7 +66,7 @@ class RunConfig:
             raise ValueError(f"--model: {e}") from None
 
     def sac_config(self) -> Any:
-        """SACConfig: defaults, the method's own defaults (rl.methods.SAC_DEFAULTS), `sac` overrides."""
+        """SACConfig: defaults, the method's own defaults (rl.methods: Method.sac), `sac` overrides."""
         from models.sac import SACConfig
 
         try:

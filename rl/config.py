@@ -25,10 +25,11 @@ from rl import envs, methods
 
 @dataclass
 class RunConfig:
-    method: str                       # kalmamba, kalmamba_no_mamba, kalmamba_no_dropout, kalmamba_no_reg, rssm, vrkn, sac
+    method: str                       # a method of rl/methods.py, or of the --plugin file
     task: str                         # dm_control `domain-task`, e.g. walker-walk
     obs: str                          # pixels | state | noisy_state
     out: str                          # run directory
+    plugin: str = ""                  # Python file registering --method (examples/own_method.py); loaded first
     context_length: int = 32          # L of the training sub-sequences
     seed: int = 0
     env_steps: int = 1_000_000        # budget in simulator steps (agent steps x action repeat)
@@ -65,7 +66,7 @@ class RunConfig:
             raise ValueError(f"--model: {e}") from None
 
     def sac_config(self) -> Any:
-        """SACConfig: defaults, the method's own defaults (rl.methods.SAC_DEFAULTS), `sac` overrides."""
+        """SACConfig: defaults, the method's own defaults (rl.methods: Method.sac), `sac` overrides."""
         from models.sac import SACConfig
 
         try:
@@ -75,6 +76,8 @@ class RunConfig:
 
     def validate(self) -> "RunConfig":
         """Raise ValueError naming the first bad value."""
+        if self.plugin:
+            methods.load_plugin(self.plugin)      # before the method name is checked
         methods.model_config_class(self.method)   # unknown method / dreamerv3 -> error
         envs.parse_task(self.task)
         envs.check_obs_type(self.obs)

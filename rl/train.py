@@ -378,6 +378,19 @@ class Trainer:
         return reason
 
 
+def with_recorded_plugin(argv: list[str]) -> list[str]:
+    """`argv`, plus `--plugin FILE` where it has none and its --out directory holds a run of a plugin's method
+    (config.json's `plugin`): the same command without --plugin resumes that run."""
+    out = render.flag_value(argv, "--out")
+    if render.flag_value(argv, "--plugin") is not None or out is None:
+        return argv
+    try:
+        recorded = (RunDir(out).read_config() or {}).get("plugin")
+    except (OSError, ValueError):
+        return argv   # not a run directory we can read: the run itself reports it
+    return [*argv, "--plugin", recorded] if recorded else argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:   # before dm_control is imported (parse_args imports it to check the task)
@@ -385,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     except render.RendererUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cfg = parse_args(argv)
+    cfg = parse_args(with_recorded_plugin(argv))
     rundir = RunDir(cfg.out)
     if rundir.is_done():
         print(f"{rundir.path} is complete (DONE: {rundir.read_done()}); nothing to do", flush=True)

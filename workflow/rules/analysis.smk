@@ -5,10 +5,10 @@ from analysis.plan import ESTIMATE_FILES, expected_figures, expected_tables
 from rl.io import atomic_write_text
 
 ANALYSIS = config["resources"]["analysis"]   # the schema's default unless the study sets it
-# DreamerV3's published scores (PUBLISHED_FILES of workflow/rules/dreamerv3.smk) enter the scores table as
+# DreamerV3's published scores (PUBLISHED_FILES, common.smk) enter the scores table as
 # source=published where the study has DreamerV3 runs or asks for them (`dreamerv3: {published: ...}`).
 WANTS_PUBLISHED = "dreamerv3" in STUDY_METHODS or "published" in (config.get("dreamerv3") or {})
-PUBLISHED = globals().get("PUBLISHED_FILES", []) if WANTS_PUBLISHED else []
+PUBLISHED = PUBLISHED_FILES if WANTS_PUBLISHED else []
 FIGURES = expected_figures(config)
 TABLES = expected_tables(config)
 

@@ -1,11 +1,33 @@
-# The study's runs and the run CLI's flags, both read from the (validated) study config.
+# Helpers and study-wide values for every rule file (workflow/rules/*.smk), included first by the Snakefile: the study
+# config's validation, the runs, the run CLI's flags, job resources and environment, DreamerV3's published score files.
 import os
 import shlex
 import sys
 
 import yaml
 from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
 from snakemake_interface_executor_plugins.settings import DeploymentMethod
+
+def validate_study_config():
+    """Every bad key or value stops the workflow here, before any job is built, with a message naming it and where
+    it is. Fills in the schema's defaults (e.g. `container`)."""
+    try:
+        validate(config, os.path.join(workflow.basedir, "config", "schema.yaml"))
+    except WorkflowError as e:
+        cause = e.__context__
+        if not hasattr(cause, "absolute_path"):  # not a jsonschema.ValidationError: nothing to add
+            raise
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in cause.absolute_path).lstrip(".")
+        files = ", ".join(map(str, workflow.configfiles)) or "--config"
+        raise WorkflowError(
+            f"Invalid study config ({files}): {where or 'top level'}: {cause.message}. "
+            "config/schema.yaml lists every key a study may have."
+        ) from None
+
+
+validate_study_config()
+
 
 STUDY = config["study"]
 RESULTS = f"results/{STUDY}"   # relative to the working directory (the repository root, or --directory)
@@ -23,6 +45,11 @@ _OWN_ENV = {DeploymentMethod.APPTAINER, DeploymentMethod.CONDA} & set(workflow.d
 PYTHON_BIN = "" if _OWN_ENV else os.path.dirname(sys.executable)
 JOB_ENV = ("export PATH={PYTHON_BIN:q}:$PATH; " if PYTHON_BIN else "") + \
     "export PYTHONPATH={BASEDIR:q}${{PYTHONPATH:+:$PYTHONPATH}}; "
+
+
+def container_image(image):
+    """A local image path is relative to the repository (whatever the working directory); URIs stay as they are."""
+    return image if "://" in image or os.path.isabs(image) else os.path.join(workflow.basedir, image)
 
 # What a job asks its executor for lives in the rule itself, never only in a profile: Snakemake replaces a
 # profile's whole `set-resources` (and `default-resources`) when the command line has its own, so a
@@ -247,6 +274,38 @@ def run_flags(method):
         cli_flags(model_settings(method), prefix="--model.", dashes=False),
         cli_flags(config.get("sac", {}), prefix="--sac.", dashes=False),
     ] if flags)
+
+
+from analysis.published import PINNED_BASE_URL
+
+DV3_PUBLISHED = (config.get("dreamerv3") or {}).get("published") or {}
+# DreamerV3's published score files (README, "Published scores offline"). Building the DAG never touches the
+# network: a file is copied from a local directory when it is there (the study's dreamerv3.published.local_dir,
+# else $KALBENCH_PUBLISHED_DIR, else <repo>/../shared/reference-scores), else the job fetches it from the URL;
+# without a network the job writes a note in its place and the figures are drawn without it, saying so.
+PUBLISHED_FILES = [f"{RESULTS}/published/{name}" for name in DV3_PUBLISHED.get("files", ["dmc_vision-dreamerv3.json.gz"])]
+PUBLISHED_DIR = (DV3_PUBLISHED.get("local_dir") or os.environ.get("KALBENCH_PUBLISHED_DIR")
+                 or os.path.join(os.path.dirname(workflow.basedir), "shared", "reference-scores"))
+PUBLISHED_URL = DV3_PUBLISHED.get("url") or PINNED_BASE_URL
+
+
+def published_local(name):
+    """The local copy of a published score file, or None."""
+    path = os.path.join(PUBLISHED_DIR, name)
+    return path if os.path.isfile(path) else None
+
+
+def published_source(name):
+    """Where the job reads the file: its local copy, else the URL (fetched when the job runs, not here)."""
+    return published_local(name) or PUBLISHED_URL.rstrip("/") + "/" + name
+
+
+for _path in PUBLISHED_FILES:
+    _name = os.path.basename(_path)
+    if not published_local(_name) and not os.path.exists(_path):
+        print(f"Published scores {_name}: no local copy in {PUBLISHED_DIR}; the job fetches it from "
+              f"{published_source(_name)} (without a network the figures are drawn without it and say so)",
+              file=sys.stderr)
 
 
 wildcard_constraints:

@@ -1,6 +1,6 @@
 # DreamerV3 (issue 7): the official JAX implementation at a pinned commit, in its own environment, as method
-# `dreamerv3` of the study; and DreamerV3's published scores for the figures. Included by the Snakefile after
-# common.smk (RUN, RESULTS, LOGS, STUDY_RUNS, cli_flags) and before analysis.smk (which reads PUBLISHED_FILES).
+# `dreamerv3` of the study; and DreamerV3's published scores for the figures. Uses common.smk's RUN, RESULTS, LOGS,
+# STUDY_METHODS, cli_flags, job_resources and the published score files (PUBLISHED_FILES, published_local/source).
 #
 # Study config (all optional; defaults below):
 #   dreamerv3:
@@ -14,13 +14,13 @@
 #       url: null               # base URL to fetch from (null: DreamerV3's repository at the pinned commit)
 #   resources: {dreamerv3: {cpus_per_task, mem_mb, runtime}}       # else resources.train
 import os
+import sys
 
-from analysis.published import PINNED_BASE_URL
+from snakemake.exceptions import WorkflowError
 
 DV3 = config.get("dreamerv3") or {}
 DV3_CONFIGS = DV3.get("configs") or {}
 DV3_RESOURCES = config["resources"].get("dreamerv3") or config["resources"]["train"]
-DV3_PUBLISHED = DV3.get("published") or {}
 # The run CLI's schedule keys that the DreamerV3 launcher shares (train: section of the study config).
 DV3_TRAIN_KEYS = ("env_steps", "wall_clock_hours", "eval_every", "eval_episodes", "checkpoint_every", "device")
 
@@ -67,35 +67,6 @@ rule train_dreamerv3:
         " > {log} 2>&1"
 
 
-# DreamerV3's published score files (README, "Published scores offline"). Building the DAG never touches the
-# network: a file is copied from a local directory when it is there (the study's dreamerv3.published.local_dir,
-# else $KALBENCH_PUBLISHED_DIR, else <repo>/../shared/reference-scores), else the job fetches it from the URL;
-# without a network the job writes a note in its place and the figures are drawn without it, saying so.
-PUBLISHED_FILES = [f"{RESULTS}/published/{name}" for name in DV3_PUBLISHED.get("files", ["dmc_vision-dreamerv3.json.gz"])]
-PUBLISHED_DIR = (DV3_PUBLISHED.get("local_dir") or os.environ.get("KALBENCH_PUBLISHED_DIR")
-                 or os.path.join(os.path.dirname(workflow.basedir), "shared", "reference-scores"))
-PUBLISHED_URL = DV3_PUBLISHED.get("url") or PINNED_BASE_URL
-
-
-def published_local(name):
-    """The local copy of a published score file, or None."""
-    path = os.path.join(PUBLISHED_DIR, name)
-    return path if os.path.isfile(path) else None
-
-
-def published_source(name):
-    """Where the job reads the file: its local copy, else the URL (fetched when the job runs, not here)."""
-    return published_local(name) or PUBLISHED_URL.rstrip("/") + "/" + name
-
-
-for _path in PUBLISHED_FILES:
-    _name = os.path.basename(_path)
-    if not published_local(_name) and not os.path.exists(_path):
-        print(f"Published scores {_name}: no local copy in {PUBLISHED_DIR}; the job fetches it from "
-              f"{published_source(_name)} (without a network the figures are drawn without it and say so)",
-              file=sys.stderr)
-
-
 rule published_scores:
     """One published score file, checked (known SHA-256 at the pinned commit, parseable) and copied into the
     study's results, where `collect` reads it (`--published`); fetched from the URL when there is no local copy,
@@ -113,3 +84,32 @@ rule published_scores:
     localrule: True
     shell:
         JOB_ENV + "python -m analysis.published {params.source:q} --out {output} --note-if-unavailable > {log} 2>&1"
+
+
+def check_dreamerv3_runnable():
+    """DreamerV3 runs in its own environment (its JAX stack conflicts with ours): a container or conda env that
+    the workflow deploys (--sdm apptainer / --sdm conda), or a Python environment with DreamerV3 importable
+    (KALBENCH_DREAMERV3_SRC). Without one, a study with dreamerv3 stops here, before any job, and says how to get
+    it, instead of failing every DreamerV3 run mid-study. (A dry run only shows the jobs: not checked.)"""
+    if "dreamerv3" not in STUDY_METHODS or _OWN_ENV or workflow.dryrun:
+        return
+    from importlib.util import find_spec
+
+    from integrations.dreamerv3 import SETUP_HINT, DreamerV3Unavailable, source_dir_from_env
+
+    try:
+        src = source_dir_from_env()
+    except DreamerV3Unavailable as e:
+        raise WorkflowError(f"The study has method 'dreamerv3', but {e}") from None
+    missing = [m for m in ("jax", "elements", "embodied", "dreamerv3") if find_spec(m) is None
+               and not (src is not None and (src / m).is_dir())]
+    if missing:
+        raise WorkflowError(
+            "The study has method 'dreamerv3', but this installation cannot run it: "
+            f"{', '.join(missing)} not importable in {sys.prefix}. {SETUP_HINT} "
+            "Or remove dreamerv3 from the study's experiments."
+        )
+
+
+onstart:
+    check_dreamerv3_runnable()

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from models import checks
 from models.diagnostics import kalman_gain_stats, kl_active_fraction
 from models.kalman import METHODS as KALMAN_METHODS, kalman_predict, kalman_smoother, kalman_update
 from models.nets import (diag_gaussian_kl, gaussian_log_lik, is_image, make_decoder, make_encoder, mlp,
@@ -86,6 +87,21 @@ class VRKNConfig:
     lr: float = 6e-4                 # `model_learning_rate` (Adam)
     adam_eps: float = 1e-8           # `model_adam_epsilon`
     grad_clip: float = 100.0         # `model_clip_norm` (global grad norm)
+
+    def __post_init__(self):
+        checks.ints(self, 1, "latent_dim", "hidden_dim", "conv_depth", "mlp_hidden_dim", "mlp_layers",
+                    "reward_hidden_dim")
+        checks.ints(self, 0, "reward_layers")
+        checks.activation(self, "activation")
+        checks.within(self, "dropout", 0, 1, high_open=True)
+        checks.increasing(self, "a_min", "a_init", "a_max", low=0, strict_low=False)
+        checks.increasing(self, "var_dyn_min", "var_dyn_init", "var_dyn_max", low=0, strict_low=True)
+        checks.increasing(self, "obs_var_min", "obs_var_init", low=0, strict_low=False)
+        checks.increasing(self, "init_var_min", "init_var", low=0, strict_low=False)
+        checks.at_least(self, 0, "free_nats", "kl_scale", "init_kl_scale", "obs_loss_scale")
+        checks.at_least(self, 0, "reward_loss_scale", none_ok=True)
+        checks.one_of(self, "smoother", KALMAN_METHODS)
+        checks.above(self, 0, "lr", "adam_eps", "grad_clip")
 
 
 # ------------------------------------------------------------------------------------------------------------------

@@ -54,10 +54,10 @@ def one_of(cfg: Any, name: str, choices: tuple[str, ...]) -> None:
 
 
 def activation(cfg: Any, name: str) -> None:
-    """The field names a torch.nn activation class, e.g. ELU, ReLU."""
+    """The field names a torch.nn activation class (torch.nn.modules.activation), e.g. ELU, ReLU."""
     from torch import nn
 
     v = getattr(cfg, name)
     cls = getattr(nn, v, None) if isinstance(v, str) else None
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+    if not (isinstance(cls, type) and cls.__module__ == "torch.nn.modules.activation"):
         raise ValueError(f"{name}: must name a torch.nn activation class (e.g. ELU, ReLU), got {v!r}")

@@ -53,7 +53,8 @@ PROG = "python -m rl.train"
 class RunConfig:
     """Train one agent (a world model + SAC, or plain SAC) on one dm_control task; writes a run directory
     (config.json, eval.csv, train.csv, checkpoint.pt, DONE). `--model.*` lists the fields of the method's model
-    config: `--method M --help` shows those of M."""
+    config: `--method M --help` shows those of M. `--config FILE.yaml`: the same keys in a YAML file (`model:` and
+    `sac:` as mappings); flags win."""
     method: str                       # kalmamba, kalmamba_no_mamba, kalmamba_no_dropout, kalmamba_no_reg, rssm, vrkn, sac
     task: str                         # dm_control `domain-task`, e.g. walker-walk
     obs: str                          # pixels | state | noisy_state
@@ -166,7 +167,8 @@ def check_buildable(cfg: RunConfig) -> None:
 
 # bool and None as YAML spells them too (true/false, null: the study files, workflow/rules/common.smk:cli_value
 # and scripts/ write them so), besides tyro's own True/False/None.
-YAML_WORDS = {bool: {"True": True, "true": True, "False": False, "false": False}, type(None): {"None": None, "null": None}}
+YAML_WORDS = {bool: {"True": True, "true": True, "False": False, "false": False},
+              type(None): {"None": None, "null": None}}
 REGISTRY = ConstructorRegistry()
 
 
@@ -177,7 +179,8 @@ def _yaml_spelling(info: PrimitiveTypeInfo) -> PrimitiveConstructorSpec | None:
         return None
     return PrimitiveConstructorSpec(nargs=1, metavar="{" + ",".join(words) + "}", choices=tuple(words),
                                     instance_from_str=lambda args: words[args[0]],
-                                    is_instance=lambda x: isinstance(x, info.type), str_from_instance=lambda x: [str(x)])
+                                    is_instance=lambda x: isinstance(x, info.type),
+                                    str_from_instance=lambda x: [str(x)])
 
 
 def parse_args(argv: list[str] | None = None) -> RunConfig:
@@ -193,6 +196,7 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
 def load(argv: list[str]) -> RunConfig:
     """`parse_args` without exiting: ValueError with one line naming the bad flag or value."""
     argv = list(argv)
+    # Flags that are not RunConfig fields are taken out here, before the method is resolved and tyro sees the rest.
     config_file = pop_flag(argv, "--config")
     if config_file is not None:
         argv = as_flags(load_yaml(config_file)) + argv
@@ -204,11 +208,13 @@ def load(argv: list[str]) -> RunConfig:
         template = cli_template(method)
     except ValueError as e:
         raise ValueError(f"--method: {e}") from None
+    markers = (tyro.conf.FlagConversionOff,)   # bools take a value: --keep-replay true
+    if not asks_help:   # the help text comes from the fields' comments: reading them is most of tyro's time
+        markers += (tyro.conf.HelptextFromCommentsOff,)
     captured = io.StringIO()
     try:
         with contextlib.redirect_stderr(captured), REGISTRY:
-            cfg = tyro.cli(RunConfig, args=argv, default=template, prog=PROG,
-                           config=(tyro.conf.FlagConversionOff,))   # bools take a value: --keep-replay true
+            cfg = tyro.cli(RunConfig, args=argv, default=template, prog=PROG, config=markers)
     except SystemExit as e:
         if not e.code:   # --help
             raise
@@ -238,7 +244,8 @@ def one_line(box: str) -> str:
         if not row.strip("─ "):
             break
         message.append(row)
-    text = (" ".join(message) or rows[0].strip("─ ")).removeprefix("Error parsing ").removeprefix("RunConfig: ")
+    text = (" ".join(message) or rows[0].strip("─ ") or "bad command line").removeprefix("Error parsing ")
+    text = text.removeprefix("RunConfig: ")
     if text.startswith("Unrecognized options"):
         text += f" ({PROG} --method M --help lists the flags of method M)"
     return text

@@ -27,7 +27,8 @@ def test_flags_are_typed_from_the_annotations():
     assert (cfg.env_steps, cfg.wall_clock_hours, cfg.keep_replay, cfg.device) == (3000, 2.0, True, "cpu")
     assert type(cfg.env_steps) is int and type(cfg.wall_clock_hours) is float
     m = cfg.model
-    assert type(m) is KalMambaConfig and (m.d_model, m.dropout, m.use_mamba, m.reg_reduction) == (32, 0.25, False, "sum")
+    assert type(m) is KalMambaConfig
+    assert (m.d_model, m.dropout, m.use_mamba, m.reg_reduction) == (32, 0.25, False, "sum")
     assert type(m.reward_loss_scale) is float and m.reward_loss_scale == 3.0
     assert (cfg.sac.target_entropy, cfg.sac.hidden_dim) == (-2.5, 64)
     # None and bool in YAML's spelling (study files, common.smk) and Python's (tyro's own)

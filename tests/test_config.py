@@ -155,3 +155,23 @@ def test_dicts_go_through_the_same_flags_and_first_refused_names_the_run():
     assert first_refused([good, good]) is None
     i, error = first_refused([good, {**good, "model": {"deter_dim": 0}}, {**good, "seed": -1}])
     assert i == 1 and "deter_dim: must be an int >= 1, got 0" in error
+
+
+def test_tuple_fields_take_the_words_a_study_list_becomes():
+    """No kalbench config has a tuple field yet; a user's own model config may: a
+    study list becomes several words (as_flags, common.smk:cli_flags), which tyro reads into the tuple."""
+    import tyro
+
+    @dataclasses.dataclass
+    class Own:
+        widths: tuple[int, ...] = (64,)
+        scales: tuple[float, float] = (1.0, 2.0)
+
+    @dataclasses.dataclass
+    class Outer:
+        model: Own = dataclasses.field(default_factory=Own)
+
+    words = as_flags({"model": {"widths": [32, 16, 8], "scales": [0.5, 3]}})
+    assert tyro.cli(Outer, args=words).model == Own(widths=(32, 16, 8), scales=(0.5, 3.0))
+    with pytest.raises(SystemExit):
+        tyro.cli(Outer, args=as_flags({"model": {"scales": [1, 2, 3]}}), console_outputs=False)

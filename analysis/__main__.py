@@ -87,6 +87,7 @@ def main(argv=None) -> list[Path]:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("absl").setLevel(logging.WARNING)  # rliable logs every estimate
     cfg = plan.load_study_config(args.study_config)
+    plan.register_plugins(cfg)   # the study's own methods: display names and colours
     steps = {"collect": cmd_collect, "estimates": cmd_estimates, "figures": cmd_figures, "tables": cmd_tables}
     todo = list(steps) if args.command == "all" else [args.command]
     written = []

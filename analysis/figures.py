@@ -47,8 +47,9 @@ from matplotlib.patches import Patch  # noqa: E402
 from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator, NullLocator  # noqa: E402
 
 from analysis.estimates import METRICS, MIN_RUNS_FOR_CI, Settings, coverage_note  # noqa: E402
-from analysis.plan import (ABLATIONS, PUBLISHED_SUFFIX, UPDATE_STEP_FIGURE, Experiment,  # noqa: E402
-                           display_name, expected_figures, sort_methods)
+from analysis.plan import (PUBLISHED_SUFFIX, UPDATE_STEP_FIGURE, Experiment, display_name,  # noqa: E402
+                           expected_figures, is_ablation, sort_methods)
+from rl import methods as registry  # noqa: E402
 from rl.io import atomic_write_bytes  # noqa: E402
 
 __all__ = ["expected_figures", "build_figures", "write_figures", "method_color"]
@@ -56,22 +57,9 @@ log = logging.getLogger(__name__)
 
 COLUMN_WIDTH = 3.3  # inches
 HOURS = FuncFormatter(lambda h, _: f"{h:.2g}")  # wall-clock hours, short labels at any scale
-_CB = sns.color_palette("colorblind").as_hex()  # Okabe-Ito-like, 10 colours
-METHOD_COLORS = {
-    "kalmamba": _CB[3],             # vermillion
-    "rssm": _CB[0],                 # blue
-    "vrkn": _CB[2],                 # green
-    "sac": _CB[7],                  # grey
-    "dreamerv3": _CB[4],            # purple
-    "kalmamba_no_mamba": _CB[9],    # sky blue
-    "kalmamba_no_dropout": _CB[1],  # orange
-    "kalmamba_no_reg": _CB[5],      # brown
-}
-_SPARE_COLORS = [_CB[6], _CB[8]]  # pink, yellow: methods not listed above (picked by a stable hash)
-# Lines: our runs solid, published references dashed; the ablations (drawn next to KalMamba, in similar warm
-# colours) get their own dot patterns as well, so that they are told apart without colour vision.
-ABLATION_DASHES = {"kalmamba_no_mamba": (1, 1.2), "kalmamba_no_dropout": (4, 1.2, 1, 1.2),
-                   "kalmamba_no_reg": (4, 1.2, 1, 1.2, 1, 1.2)}
+# Colours and the ablations' dash patterns: rl/methods.py (seaborn's colour-blind palette, fixed assignment; the
+# ablations, drawn next to KalMamba in similar warm colours, get their own dot patterns as well, so that they are
+# told apart without colour vision). Lines: our runs solid, published references dashed.
 PUBLISHED_DASHES = (4, 2)
 EXPERIMENT_TITLES = {"pixels": "Pixels", "state": "State", "noisy_state": "Noisy state", "context": "Noisy state"}
 RC = {
@@ -87,10 +75,11 @@ OBSERVATION_COLOR = "0.85"   # the probe's reference, a read-out of the raw obse
 
 
 def method_color(method: str) -> str:
+    """The method's colour (rl/methods.py); a method without one (or unregistered) gets a spare colour picked by
+    a stable hash of its name."""
     base = method.removesuffix(PUBLISHED_SUFFIX)
-    if base in METHOD_COLORS:
-        return METHOD_COLORS[base]
-    return _SPARE_COLORS[sum(base.encode()) % len(_SPARE_COLORS)]
+    color = registry.get(base).color if base in registry.names() else ""
+    return color or registry.SPARE_COLORS[sum(base.encode()) % len(registry.SPARE_COLORS)]
 
 
 def _line_style(method: str) -> dict:
@@ -98,7 +87,7 @@ def _line_style(method: str) -> dict:
     if method.endswith(PUBLISHED_SUFFIX):
         dashes = PUBLISHED_DASHES
     else:
-        dashes = ABLATION_DASHES.get(method, ())
+        dashes = registry.get(method).dashes if method in registry.names() else ()
     return dict(color=method_color(method), dashes=dashes)
 
 
@@ -512,7 +501,7 @@ def experiment_figures(est: dict[str, pd.DataFrame], exp: Experiment, settings: 
 
     present = sort_methods(agg["method"]) if len(agg) else []
     if exp.kind == "main":
-        groups = [("", [m for m in present if m.removesuffix(PUBLISHED_SUFFIX) not in ABLATIONS], "")]
+        groups = [("", [m for m in present if not is_ablation(m.removesuffix(PUBLISHED_SUFFIX))], "")]
         if exp.ablation_methods:
             groups.append(("_ablations", [m for m in present if m in exp.ablation_methods], ", ablations"))
         for suffix, methods, label in groups:

@@ -11,7 +11,10 @@ An *experiment* is one grid of the study YAML (`experiments: {name: {obs, tasks,
   env steps reached within the budget (Fig. 5).
 Without a study config the experiments are inferred from the runs found (see `infer_experiments`).
 
-This module is light (no matplotlib, no rliable): the workflow imports it to know the outputs in advance.
+Method order, display names and which methods are ablations come from rl/methods.py; a study's plugins
+(`plugins:`) register theirs with `register_plugins`.
+
+This module is light (no matplotlib, no rliable, no torch): the workflow imports it to know the outputs in advance.
 """
 from __future__ import annotations
 
@@ -21,8 +24,8 @@ from typing import Any, Iterable
 
 import yaml
 
-ABLATIONS = ("kalmamba_no_mamba", "kalmamba_no_dropout", "kalmamba_no_reg")
-METHOD_ORDER = ("kalmamba", "rssm", "vrkn", "sac", "dreamerv3", *ABLATIONS)
+from rl import methods as registry   # the methods: order, display names, ablations (standard library only)
+
 PUBLISHED_SUFFIX = " (published)"
 FIGURE_PREFIX = {"pixels": "fig3_pixels", "state": "state", "noisy_state": "fig4_noisy_state", "context": "fig5_context"}
 UPDATE_STEP_FIGURE = "fig6_update_step"
@@ -30,12 +33,6 @@ DEFAULT_MAIN_CONTEXT = 32
 ESTIMATE_FILES = ("final", "aggregate", "per_task", "profiles", "improvement", "curves", "coverage", "probe")
 # Observation types whose runs write probe.csv (rl/probe.py; tests/test_analysis.py keeps them in step).
 PROBED_OBS = ("state", "noisy_state")
-DISPLAY_NAMES = {
-    "kalmamba": "KalMamba", "rssm": "RSSM", "vrkn": "VRKN", "sac": "SAC", "dreamerv3": "DreamerV3",
-    "kalmamba_no_mamba": "KalMamba w/o Mamba", "kalmamba_no_dropout": "KalMamba w/o MC dropout",
-    "kalmamba_no_reg": "KalMamba w/o reg.",
-}
-
 
 @dataclass(frozen=True)
 class Experiment:
@@ -53,9 +50,9 @@ class Experiment:
 
     @property
     def ablation_methods(self) -> tuple[str, ...]:
-        """KalMamba and its ablations, if the experiment has any ablation; else empty."""
-        abl = tuple(m for m in self.methods if m in ABLATIONS)
-        return ("kalmamba", *abl) if abl else ()
+        """The ablated methods (KalMamba) and their ablations, if the experiment has any ablation; else empty."""
+        abl = tuple(m for m in self.methods if is_ablation(m))
+        return (*dict.fromkeys(registry.model_family(m) for m in abl), *abl) if abl else ()
 
     @property
     def probed(self) -> bool:
@@ -86,11 +83,23 @@ class Experiment:
         return names
 
 
+def _registered(method: str) -> registry.Method | None:
+    return registry.get(method) if method in registry.names() else None
+
+
+def is_ablation(method: str) -> bool:
+    m = _registered(method)
+    return m is not None and m.ablation
+
+
 def sort_methods(methods: Iterable[str]) -> list[str]:
-    """Canonical order: KalMamba, baselines, ablations, published references next to their method, the rest a-z."""
+    """Canonical order: rl/methods.py's (KalMamba, baselines, ablations, then plugins), published references next
+    to their method, unregistered names last, a-z."""
+    order = registry.names()
+
     def key(m: str) -> tuple[int, int, str]:
         base = m.removesuffix(PUBLISHED_SUFFIX)
-        rank = METHOD_ORDER.index(base) if base in METHOD_ORDER else len(METHOD_ORDER)
+        rank = order.index(base) if base in order else len(order)
         return (rank, int(m != base), m)
 
     return sorted(set(methods), key=key)
@@ -98,7 +107,23 @@ def sort_methods(methods: Iterable[str]) -> list[str]:
 
 def display_name(method: str) -> str:
     base = method.removesuffix(PUBLISHED_SUFFIX)
-    return DISPLAY_NAMES.get(base, base) + (PUBLISHED_SUFFIX if base != method else "")
+    m = _registered(base)
+    return (m.display_name if m else base) + (PUBLISHED_SUFFIX if base != method else "")
+
+
+def register_plugins(study_cfg: dict[str, Any] | None) -> list[str]:
+    """Register the display names and colours of the study's plugin methods (`plugins:`, read without importing
+    them). A file that cannot be read is logged and skipped: its method is then drawn under its name, in a spare
+    colour. Returns the methods registered."""
+    import logging
+
+    names = []
+    for path in (study_cfg or {}).get("plugins") or []:
+        try:
+            names.append(registry.load_plugin(path, execute=False).name)
+        except ValueError as e:
+            logging.getLogger(__name__).warning("%s (its method is drawn under its name)", e)
+    return names
 
 
 def load_study_config(path: str | Path | None) -> dict[str, Any] | None:

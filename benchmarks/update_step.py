@@ -1,11 +1,13 @@
 """Update-time benchmark (paper Fig. 6): time of a world-model forward pass and of a full training update
-(world model + SAC, `rl.agent.Agent.update`) against the context length, for KalMamba, RSSM and VRKN at equal
-batch size and latent size; and the peak memory of an update.
+(world model + SAC, `rl.agent.Agent.update`) against the context length, for KalMamba, RSSM and VRKN (and any
+plugin's method) at equal batch size and latent size; and the peak memory of an update.
 
     python -m benchmarks.update_step                                   # 32..512, batch 32, noisy-state inputs
     python -m benchmarks.update_step --device cpu --repeats 5         # default --device auto: CUDA if available
     python -m benchmarks.update_step --obs pixels --context-lengths 32 64 128
     python -m benchmarks.update_step --quick --out /tmp/bench.json      # tiny sizes: a smoke test
+    python -m benchmarks.update_step --plugin examples/own_method.py   # also your own method (default --methods:
+                                                                       # rl.methods.benchmarked(), plugins included)
 
 What is timed (medians over `--repeats` repetitions, all cases interleaved in one process, in a fresh random
 order each repetition, after `--warmup` untimed calls per case):
@@ -26,8 +28,9 @@ order each repetition, after `--warmup` untimed calls per case):
   is reported as skipped, with every longer context of that method.
 
 Models: each method's default config (`rl.methods.make_model_config`) with the latent size set to
-`--latent-dim` (default 230, VRKN's `lod`): KalMamba and VRKN `latent_dim`; RSSM stochastic + deterministic
-state = 30 + 200 (the VRKN repo's RSSM, digest §9.3), scaled proportionally for other sizes; then any
+`--latent-dim` (default 230, VRKN's `lod`), by the config's fields: `latent_dim` (KalMamba, VRKN, a plugin's
+model that has one), or stochastic + deterministic state `stoch_dim` + `deter_dim` = 30 + 200 (RSSM; the VRKN
+repo's, docs/paper-notes.md#baselines), scaled proportionally for other sizes; a config with neither keeps its own sizes. Then any
 `--set METHOD.FIELD=VALUE` (e.g. `--set kalmamba.d_state=8`). SAC: `SACConfig()`.
 Inputs are random batches shaped like the environment's: `noisy_state` or `state` (B, T, --obs-dim) float32
 (walker: 24; the two differ only inside the environment, so they time the same) or `pixels` (B, T, 3, 64, 64) uint8, actions in [-1, 1] (--action-dim, walker: 6), rewards in [0, 1].
@@ -39,8 +42,8 @@ analysis/figures.py for Fig. 6):
                   "peak_mem_mb", "features_s", "sac_s", "world_model_s", "forward_s_samples", "update_s_samples",
                   "status"}, ...]}
 A skipped case has `status` "skipped: <why>" and null times. `summary` holds the update-time ratios
-KalMamba / RSSM and KalMamba / VRKN per context length, the same ratios of `world_model_s` (with the targets
-of issue 12, WORLD_MODEL_TARGETS), and KalMamba(longest) / KalMamba(shortest).
+KalMamba / Y for every other timed method Y per context length, the same ratios of `world_model_s` (with the
+targets of issue 12, WORLD_MODEL_TARGETS), and KalMamba(longest) / KalMamba(shortest).
 """
 from __future__ import annotations
 
@@ -61,21 +64,19 @@ from typing import Any, Callable
 import torch
 
 from benchmarks.machine import describe
+from rl import methods as registry
 from rl.io import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-METHODS = ("kalmamba", "rssm", "vrkn")
+REFERENCE = "kalmamba"                  # the summary's ratios are this method's time over each other's
 OBS_TYPES = ("noisy_state", "state", "pixels")   # the study schema's benchmark.obs
 IMAGE_SHAPE = (3, 64, 64)
 RSSM_STOCH_FRACTION = 30 / 230          # RSSM stochastic share of the latent (VRKN repo: 30 of 200 + 30)
 
 # --quick: tiny models and sizes, for a smoke test of the whole pipeline (not for numbers)
 QUICK = {"context_lengths": [4, 8], "batch_size": 2, "repeats": 2, "warmup": 1, "latent_dim": 8}
-QUICK_MODEL = {
-    "kalmamba": {"d_model": 16, "hidden_dim": 16, "conv_depth": 4, "mlp_hidden_dim": 16, "reward_hidden_dim": 16},
-    "rssm": {"hidden_dim": 16, "conv_depth": 4, "mlp_hidden_dim": 16, "reward_hidden_dim": 16},
-    "vrkn": {"hidden_dim": 16, "conv_depth": 4, "mlp_hidden_dim": 16, "reward_hidden_dim": 16},
-}
+QUICK_SIZES = {"d_model": 16, "hidden_dim": 16, "conv_depth": 4, "mlp_hidden_dim": 16, "reward_hidden_dim": 16}
+# (each set where the method's model config has that field)
 QUICK_SAC = {"hidden_dim": 32, "n_layers": 2}
 WORLD_MODEL_TARGETS = {64: 1.0, 256: 0.6}   # issue 12: KalMamba's world_model_s / RSSM's and VRKN's at most this
 DEFAULTS = {"context_lengths": [32, 64, 128, 256, 512], "batch_size": 32, "repeats": 10, "warmup": 2,
@@ -88,15 +89,19 @@ DEFAULTS = {"context_lengths": [32, 64, 128, 256, 512], "batch_size": 32, "repea
 
 def model_overrides(method: str, latent_dim: int, quick: bool, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """The model-config fields set by the benchmark: the latent size (and, with --quick, tiny widths), then
-    `extra` (the --set values for this method)."""
-    if method == "rssm":
+    `extra` (the --set values for this method); each by the field names of the method's config."""
+    fields = {f.name for f in dataclasses.fields(registry.model_config_class(method))}
+    if "latent_dim" in fields:
+        sizes = {"latent_dim": latent_dim}
+    elif {"stoch_dim", "deter_dim"} <= fields:
         stoch = max(1, round(latent_dim * RSSM_STOCH_FRACTION))
         if latent_dim - stoch < 1:
-            raise ValueError(f"latent_dim: {latent_dim} is too small to split into RSSM stochastic + deterministic")
+            raise ValueError(f"latent_dim: {latent_dim} is too small to split into stochastic + deterministic state")
         sizes = {"stoch_dim": stoch, "deter_dim": latent_dim - stoch}
     else:
-        sizes = {"latent_dim": latent_dim}
-    return {**(QUICK_MODEL.get(method, {}) if quick else {}), **sizes, **(extra or {})}
+        sizes = {}
+    quick_sizes = {k: v for k, v in QUICK_SIZES.items() if k in fields} if quick else {}
+    return {**quick_sizes, **sizes, **(extra or {})}
 
 
 def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
@@ -199,6 +204,7 @@ def memory_case(spec: dict[str, Any]) -> dict[str, Any]:
         resource.setrlimit(resource.RLIMIT_AS, (spec["mem_limit_bytes"], spec["mem_limit_bytes"]))
     torch.manual_seed(spec["seed"])
     try:
+        registry.load_plugins(spec.get("plugins", []))
         obs_shape = tuple(spec["obs_shape"])
         agent, _, _ = build_agent(spec["method"], obs_shape, spec["action_dim"], spec["latent_dim"], spec["quick"],
                                   "cpu", spec.get("set"))
@@ -282,9 +288,13 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if len(set(args.context_lengths)) != len(args.context_lengths):
         raise ValueError(f"--context-lengths: duplicates in {args.context_lengths}")
     args.context_lengths = sorted(args.context_lengths)
+    for path in args.plugin:
+        registry.load_plugin(path)   # ValueError naming the file
+    args.methods = args.methods or list(registry.benchmarked())
     for m in args.methods:
-        if m not in METHODS:
-            raise ValueError(f"--methods: unknown method {m!r}; choose from {', '.join(METHODS)}")
+        if m not in registry.trained():
+            raise ValueError(f"--methods: unknown method {m!r}; choose from {', '.join(registry.trained())} "
+                             "(your own: --plugin FILE)")
     if args.device == "auto":
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -331,7 +341,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 spec = {"method": m, "context_length": T, "batch_size": B, "obs_shape": list(obs_shape),
                         "action_dim": args.action_dim, "latent_dim": args.latent_dim, "quick": args.quick,
-                        "seed": args.seed, "mem_limit_bytes": limit, "set": args.set.get(m)}
+                        "seed": args.seed, "mem_limit_bytes": limit, "set": args.set.get(m),
+                        "plugins": [str(Path(p).resolve()) for p in args.plugin]}   # the child runs in REPO_ROOT
                 out = memory_cpu_subprocess(spec)
                 if "error" in out:
                     log(f"memory {m} T={T}: {out['error']}")
@@ -398,10 +409,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             r["sac_s"] = statistics.median(extra[k]["sac_s"])
             r["world_model_s"] = r["update_s"] - r["sac_s"] - r["features_s"]
 
-    config = {"methods": methods, "context_lengths": ctxs, "batch_size": B, "repeats": args.repeats,
-              "warmup": args.warmup, "latent_dim": args.latent_dim, "obs": args.obs, "obs_shape": list(obs_shape),
-              "action_dim": args.action_dim, "device": device, "seed": args.seed, "quick": args.quick,
-              "breakdown": args.breakdown, "memory": args.memory, "set": args.set,
+    config = {"methods": methods, "plugins": args.plugin, "context_lengths": ctxs, "batch_size": B,
+              "repeats": args.repeats, "warmup": args.warmup, "latent_dim": args.latent_dim, "obs": args.obs,
+              "obs_shape": list(obs_shape), "action_dim": args.action_dim, "device": device, "seed": args.seed,
+              "quick": args.quick, "breakdown": args.breakdown, "memory": args.memory, "set": args.set,
               "torch_threads": torch.get_num_threads(),
               "forward": "model.loss in train() mode under no_grad",
               "update": "rl.agent.Agent.update (model step + features + SAC step)",
@@ -413,7 +424,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Update-time and world-model-time ratios KalMamba / RSSM and KalMamba / VRKN per context length;
+    """Update-time and world-model-time ratios KalMamba / Y per context length, for every other method Y timed;
     KalMamba's update time longest / shortest context."""
     t = {(r["method"], r["context_length"]): r["update_s"] for r in rows if r["update_s"] is not None}
     wm = {(r["method"], r["context_length"]): r.get("world_model_s") for r in rows
@@ -421,18 +432,23 @@ def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     ctxs = sorted({r["context_length"] for r in rows})
     for key, times in (("update_ratio", t), ("world_model_ratio", wm)):
-        for other in ("rssm", "vrkn"):
-            ratios = {str(T): times[("kalmamba", T)] / times[(other, T)] for T in ctxs
-                      if ("kalmamba", T) in times and (other, T) in times}
+        for other in others(rows):
+            ratios = {str(T): times[(REFERENCE, T)] / times[(other, T)] for T in ctxs
+                      if (REFERENCE, T) in times and (other, T) in times}
             if ratios:
-                out[f"{key}_kalmamba_over_{other}"] = ratios
+                out[f"{key}_{REFERENCE}_over_{other}"] = ratios
     if wm:
         out["world_model_targets"] = {str(T): v for T, v in WORLD_MODEL_TARGETS.items()}
-    km = sorted(T for (m, T) in t if m == "kalmamba")
+    km = sorted(T for (m, T) in t if m == REFERENCE)
     if len(km) >= 2:
-        out["kalmamba_update_growth"] = {"from": km[0], "to": km[-1], "ratio": t[("kalmamba", km[-1])]
-                                         / t[("kalmamba", km[0])]}
+        out[f"{REFERENCE}_update_growth"] = {"from": km[0], "to": km[-1], "ratio": t[(REFERENCE, km[-1])]
+                                             / t[(REFERENCE, km[0])]}
     return out
+
+
+def others(rows: list[dict[str, Any]]) -> list[str]:
+    """The timed methods but the reference, in the order timed."""
+    return [m for m in dict.fromkeys(r["method"] for r in rows) if m != REFERENCE]
 
 
 def format_table(bench: dict[str, Any]) -> str:
@@ -450,28 +466,35 @@ def format_table(bench: dict[str, Any]) -> str:
         vals = [r["method"], str(r["context_length"]), ms(r["forward_s"]), ms(r["update_s"]), ms(r["features_s"]),
                 ms(r["sac_s"]), ms(r.get("world_model_s")), mem, r["status"]]
         lines.append("  ".join(f"{v:>11}" for v in vals))
-    s = bench["summary"]
-    for other in ("rssm", "vrkn"):
-        ratios = s.get(f"update_ratio_kalmamba_over_{other}")
+    s, name = bench["summary"], registry.get(REFERENCE).display_name
+    for other in others(bench["results"]):
+        ratios = s.get(f"update_ratio_{REFERENCE}_over_{other}")
         if ratios:
-            lines.append(f"update time KalMamba / {other.upper()}: "
+            lines.append(f"update time {name} / {other_name(other)}: "
                          + ", ".join(f"{T}: {v:.2f}" for T, v in ratios.items()))
-    for other in ("rssm", "vrkn"):
-        ratios = s.get(f"world_model_ratio_kalmamba_over_{other}")
+    for other in others(bench["results"]):
+        ratios = s.get(f"world_model_ratio_{REFERENCE}_over_{other}")
         if ratios:
             goals = s.get("world_model_targets", {})
-            lines.append(f"world-model time (update - sac - features) KalMamba / {other.upper()}: " + ", ".join(
+            lines.append(f"world-model time (update - sac - features) {name} / {other_name(other)}: " + ", ".join(
                 f"{T}: {v:.2f}" + (f" (target <= {goals[T]:g})" if T in goals else "") for T, v in ratios.items()))
-    if "kalmamba_update_growth" in s:
-        g = s["kalmamba_update_growth"]
-        lines.append(f"KalMamba update time, context {g['to']} / context {g['from']}: {g['ratio']:.2f}")
+    if f"{REFERENCE}_update_growth" in s:
+        g = s[f"{REFERENCE}_update_growth"]
+        lines.append(f"{name} update time, context {g['to']} / context {g['from']}: {g['ratio']:.2f}")
     return "\n".join(lines)
+
+
+def other_name(method: str) -> str:
+    return registry.get(method).display_name if method in registry.names() else method
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m benchmarks.update_step", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), help="world models to time")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="world models to time (default: rl.methods.benchmarked(), plugins included)")
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="a Python file registering your own method (examples/own_method.py); repeatable")
     p.add_argument("--context-lengths", nargs="+", type=int, default=None,
                    help=f"sequence lengths T (default {DEFAULTS['context_lengths']}; "
                         f"--quick {QUICK['context_lengths']})")

@@ -1,5 +1,5 @@
 """KalMamba (Becker, Freymuth & Neumann 2024): Mamba learns the parameters of a linear Gaussian SSM in a latent space;
-inference is a parallel Kalman filter and RTS smoother (digest §3–§5).
+inference is a parallel Kalman filter and RTS smoother (arXiv:2406.15131, Fig. 1-2; docs/paper-notes.md).
 
 Latent state z_t ∈ R^D, all covariances diagonal, every product element-wise.
 
@@ -12,11 +12,13 @@ Latent state z_t ∈ R^D, all covariances diagonal, every product element-wise.
     dynamics:  z_{t+1} | z_t ~ N(A_t z_t + b_t, Σ^dyn_t)         (index t of A, b, Σ^dyn maps z_t to z_{t+1})
     inference: (μ⁺, Σ⁺, μ⁻, Σ⁻) = kalman_filter(w, σ²_w, A, b, Σ^dyn, 0, σ²_0);  (μˢ, Σˢ) = kalman_smoother(...)
 
+The encoder and prior lines are `models.nets.LatentObservation` (shared with VRKN).
+
 No dynamics parameter depends on a filter output, so the backbone is one parallel Mamba pass and the filter and
 smoother are two associative scans (`models.kalman`, method "parallel").
 
 Loss (per time step, averaged over batch and time; ẑ_t ~ N(μˢ_t, Σˢ_t) one reparameterised sample of the smoothed
-marginals, shared by decoders and KL; digest §5.1, §5.2):
+marginals, shared by decoders and KL; docs/paper-notes.md#smoothing-elbo, paper Eq. 2):
 
     loss = obs_scale · NLL(o_t | ẑ_t) + reward_scale · NLL(r_t | ẑ_t)                    `recon`, `reward`
          + (1/T) · init_kl_scale · mean max(0, KL(N(μˢ_0, Σˢ_0) ‖ N(0, σ²_0)) − free_nats)
@@ -27,7 +29,7 @@ marginals, shared by decoders and KL; digest §5.1, §5.2):
     KL_t = KL( q(z_t | z_{t−1} = ẑ_{t−1}, w) ‖ N(A_{t−1} ẑ_{t−1} + b_{t−1}, Σ^dyn_{t−1}) ),
     q(z_t | z_{t−1}, w) = N(μˢ_t + G_t (z_{t−1} − μˢ_{t−1}), Σˢ_t − G_t J_{t−1} Σˢ_t),
     J_{t−1} = Σ⁺_{t−1} A_{t−1} / Σ⁻_t,   G_t = Σˢ_t J_{t−1} / Σˢ_{t−1}.
-The conditional and its KL are the VRKN objective's, shared with the VRKN baseline (`models.vrkn.
+The conditional and its KL are the VRKN objective's, shared with the VRKN baseline (`models.kalman.
 smoothed_conditional_kl`): the variance is evaluated in the cancellation-free product form Σˢ_t L_{t−1} / Σˢ_{t−1},
 L_{t−1} = Σ⁺_{t−1} Σ^dyn_{t−1} / Σ⁻_t (positive by construction), and then floored at COND_VAR_FLOOR against
 underflow. `reward` is the NLL of `rewards[:, t]` = r_{t−1}, the reward received on arriving at o_t (architecture.md).
@@ -55,73 +57,74 @@ import torch
 from torch import Tensor, nn
 
 from models.diagnostics import kalman_gain_stats, kl_active_fraction
-from models.kalman import METHODS, kalman_filter, kalman_predict, kalman_smoother, kalman_update
+from models.kalman import (METHODS, kalman_filter, kalman_predict, kalman_smoother, kalman_update,
+                           smoothed_conditional_kl)
 from models.mamba import BACKENDS, MambaStack
-from models.nets import (diag_gaussian_kl, gaussian_log_lik, is_image, make_decoder, make_encoder, mlp,
-                         obs_to_target, over_time, reward_scale_for, scaled_sigmoid, softplus_positive)
-from models.vrkn import smoothed_conditional
+from models.nets import (LatentObservation, diag_gaussian_kl, gaussian_log_lik, make_decoder, mlp, over_time,
+                         reward_scale_for, scaled_sigmoid)
 
-COND_VAR_FLOOR = 1e-8   # floor of the smoothed conditional variance (only against float underflow)
 REG_REDUCTIONS = ("sum", "mean")
 
 
 @dataclass
 class KalMambaConfig:
     """KalMamba hyper-parameters. The paper's values are UNKNOWN unless tagged [S-glm]; each default's source is
-    given (digest section in brackets). Names follow `VRKNConfig` where the concept is the same."""
-    latent_dim: int = 230            # D = d_z; VRKN's `lod` (= RSSM 200 + 30), matched capacity [§3.3 INF]
+    given in brackets, with the keys of docs/paper-notes.md#source-keys (every open value and our choice:
+    docs/paper-notes.md#unknowns-and-our-values). Names follow `VRKNConfig` where the concept is the same."""
+    latent_dim: int = 230            # D = d_z; VRKN's `lod` (= RSSM 200 + 30), matched capacity [INF]
     # backbone
-    d_model: int = 256               # Mamba width; digest suggests 128–256; Mamba output projected to D [§3.3 INF]
-    n_layers: int = 2                # Mamba layers (residual, pre-norm) [§3.3 INF]
-    d_state: int = 16                # mamba_ssm defaults [§12]
+    d_model: int = 256               # Mamba width (128–256 suggested); Mamba output projected to D [INF]
+    n_layers: int = 2                # Mamba layers (residual, pre-norm) [INF]
+    d_state: int = 16                # mamba_ssm defaults [INF]
     d_conv: int = 4
     expand: int = 2
-    hidden_dim: int = 300            # NN_pre / NN_post hidden width (VRKN transition width 300) [§3.3, §9.1 INF]
-    nn_layers: int = 1               # hidden layers of NN_pre and of NN_post, ELU ("one or two ELU layers") [§3.3 INF]
-    # NN_pre sees (w_t, a_{t-1}) only, not σ²_w,t; NN_post sees (m_t, a_t) [§3.3: UNKNOWN whether σ²_w enters; INF no]
-    dropout: float = 0.1             # MC dropout (VRKN `mc_drop_prob`) [§5.3 INF]; 0 = `no_dropout` ablation
+    hidden_dim: int = 300            # NN_pre / NN_post hidden width (VRKN transition width 300) [INF, C-VRKN]
+    nn_layers: int = 1               # hidden layers of NN_pre and of NN_post, ELU ("small NN", Fig. 2) [INF]
+    # NN_pre sees (w_t, a_{t-1}) only, not σ²_w,t; NN_post sees (m_t, a_t) [UNKNOWN whether σ²_w enters; INF: no]
+    dropout: float = 0.1             # MC dropout (VRKN `mc_drop_prob`) [INF, C-VRKN]; 0 = `no_dropout` ablation
     use_mamba: bool = True           # False = `no_mamba` ablation
     mamba_backend: str = "auto"      # models.mamba backend: "auto" | "torch" | "cuda"
     # transition / observation parameterisations
-    a_min: float = 0.4               # A_t ∈ [0.4, 0.99] [S-glm §3.2]
+    a_min: float = 0.4               # A_t ∈ [0.4, 0.99] [S-glm]
     a_max: float = 0.99
-    a_init: float = 0.9              # A at raw output 0: VRKN's init_ev [§9.1 INF]
-    var_dyn_min: float = 0.001       # Σ^dyn scaled sigmoid [0.001, 0.1], init 0.01 (VRKN) [§3.2 INF]
+    a_init: float = 0.9              # A at raw output 0: VRKN's init_ev [C-VRKN]
+    var_dyn_min: float = 0.001       # Σ^dyn scaled sigmoid [0.001, 0.1], init 0.01 (VRKN) [C-VRKN]
     var_dyn_max: float = 0.1
     var_dyn_init: float = 0.01
-    obs_var_init: float = 1.0        # σ²_w = softplus(x + shift) + 0.01, init 1.0 (VRKN) [§3.2 INF]
+    obs_var_init: float = 1.0        # σ²_w = softplus(x + shift) + 0.01, init 1.0 (VRKN) [C-VRKN]
     obs_var_min: float = 0.01
-    init_var: float = 1.0            # learned σ²_0 (mean fixed at 0), init 1.0, floor 0.001 (VRKN) [§3.2 INF]
+    init_var: float = 1.0            # learned σ²_0 (mean fixed at 0), init 1.0, floor 0.001 (VRKN) [S-glm, C-VRKN]
     init_var_min: float = 0.001
     # encoder / decoders
-    conv_depth: int = 32             # Dreamer conv encoder/decoder (images) [§9.2]
-    mlp_hidden_dim: int = 300        # state encoder/decoder 3×300 ELU (CoRAL/VRKN) [§10, §13]
+    conv_depth: int = 32             # Dreamer conv encoder/decoder (images) [C-VRKN]
+    mlp_hidden_dim: int = 300        # state encoder/decoder 3×300 ELU (CoRAL/VRKN) [C-CoRAL, C-VRKN]
     mlp_layers: int = 3
-    reward_hidden_dim: int = 300     # reward head 3×300 ELU (VRKN) [§9.2 INF]
+    reward_hidden_dim: int = 300     # reward head 3×300 ELU (VRKN) [C-VRKN]
     reward_layers: int = 3
-    obs_std: float = 1.0             # fixed std of p(o_t | z_t) (VRKN) [§9.2]
-    reward_std: float = 1.0          # fixed std of p(r_t | z_t) (VRKN) [§9.2]
+    obs_std: float = 1.0             # fixed std of p(o_t | z_t) (VRKN) [C-VRKN]
+    reward_std: float = 1.0          # fixed std of p(r_t | z_t) (VRKN) [C-VRKN]
     # objective
-    free_nats: float = 1.0           # as max(0, KL − free_nats) [§5.1 INF]: CoRAL's SSM+SAC value (VRKN's 3.0 is for
+    free_nats: float = 1.0           # as max(0, KL − free_nats) [C-CoRAL]: CoRAL's SSM+SAC value (VRKN's 3.0 is for
                                      # 64x64 images, where the KL is far above 3); with 3.0 the KL had a gradient on
-                                     # < 10 % of (b, t) on cartpole states (fidelity review D2; README "KalMamba learns")
-    kl_scale: float = 1.0            # VRKN / CoRAL [§5.1]
-    init_kl_scale: float = 0.0       # VRKN `initial_kl_scale_factor` [§5.1 INF]
-    obs_loss_scale: float = 1.0      # VRKN [§9.2]
-    reward_loss_scale: float | None = None  # None: by observation type [§5.1 INF; review D4]: 10 on images (VRKN's
-                                     # `decoder_loss_scales`, all its settings have images), 1 on state vectors
-                                     # (CoRAL's `reward_scale_factor`; the state NLL has a few dims, not 12288 pixels)
-    reg_alpha: float = 1.0           # α of the Mahalanobis regulariser [S-glm §5.2]; 0 = `no_reg` ablation
+                                     # < 10 % of (b, t) on cartpole states (docs/paper-notes.md#free-nats)
+    kl_scale: float = 1.0            # VRKN / CoRAL [C-VRKN, C-CoRAL]
+    init_kl_scale: float = 0.0       # VRKN `initial_kl_scale_factor` [C-VRKN]
+    obs_loss_scale: float = 1.0      # VRKN [C-VRKN]
+    reward_loss_scale: float | None = None  # None: by observation type: 10 on images (VRKN's `decoder_loss_scales`,
+                                     # all its settings have images), 1 on state vectors (CoRAL's
+                                     # `reward_scale_factor`; the state NLL has a few dims, not 12288 pixels;
+                                     # docs/paper-notes.md#reward-weight)
+    reg_alpha: float = 1.0           # α of the Mahalanobis regulariser, Eq. 2 [S-glm]; 0 = `no_reg` ablation
     reg_reduction: str = "mean"      # over D: "sum" = Eq. 2's quadratic form, "mean" = sum / D; averaged over batch
-                                     # and time either way [§5.2 UNKNOWN]. "mean": the sum's gradient dominated the
-                                     # model update at D = 64 (review D1; README "KalMamba learns")
-    reg_detach_belief: bool = False  # stop-gradient into μ⁺, Σ⁺ in the regulariser [§5.2 INF: no]
+                                     # and time either way [UNKNOWN]. "mean": the sum's gradient dominated the
+                                     # model update at D = 64 (docs/paper-notes.md#regulariser-reduction)
+    reg_detach_belief: bool = False  # stop-gradient into μ⁺, Σ⁺ in R [INF: no; docs/paper-notes.md#stop-gradient]
     kalman_method: str = "auto"      # models.kalman method: "auto" (parallel scan on CUDA, fused loop on CPU) |
                                      # "fused" | "parallel" | "sequential" (reference loop)
     # optimisation (read by rl/agent.py)
-    lr: float = 3e-4                 # Adam, CoRAL model lr [§5.4 INF]
+    lr: float = 3e-4                 # Adam, CoRAL model lr [C-CoRAL]
     adam_eps: float = 1e-8
-    grad_clip: float = 10.0          # global grad-norm clip, CoRAL [§5.4 INF]
+    grad_clip: float = 10.0          # global grad-norm clip, CoRAL [C-CoRAL]
 
     def __post_init__(self):
         for name in ("latent_dim", "d_model", "n_layers", "d_state", "d_conv", "expand", "hidden_dim", "conv_depth",
@@ -170,17 +173,15 @@ class KalMamba(nn.Module):
     def __init__(self, obs_shape: tuple[int, ...], action_dim: int, cfg: KalMambaConfig):
         super().__init__()
         self.cfg, self.obs_shape, self.action_dim = cfg, tuple(obs_shape), action_dim
-        self.image = is_image(self.obs_shape)
-        self.obs_event_dims = len(self.obs_shape)
         D = cfg.latent_dim
         self.feature_dim = D
+        self.latent = LatentObservation(self.obs_shape, D, mlp_hidden_dim=cfg.mlp_hidden_dim,
+                                        conv_depth=cfg.conv_depth, mlp_layers=cfg.mlp_layers,
+                                        obs_var_init=cfg.obs_var_init, obs_var_min=cfg.obs_var_min,
+                                        init_var=cfg.init_var, init_var_min=cfg.init_var_min)
+        self.register_load_state_dict_pre_hook(LatentObservation.load_legacy_keys)
+        self.image, self.obs_event_dims = self.latent.image, self.latent.obs_event_dims
         self.reward_loss_scale = reward_scale_for(cfg.reward_loss_scale, self.image)
-
-        self.encoder, embed_dim = make_encoder(self.obs_shape, cfg.mlp_hidden_dim, cfg.conv_depth, cfg.mlp_layers)
-        self.w_head = nn.Linear(embed_dim, D)
-        self.var_w_head = nn.Linear(embed_dim, D)
-        self.register_buffer("mu0", torch.zeros(D))
-        self.raw_var0 = nn.Parameter(torch.zeros(D))
 
         self.nn_pre = mlp(D + action_dim, cfg.d_model, cfg.hidden_dim, cfg.nn_layers, act=nn.ELU, dropout=cfg.dropout)
         self.mamba = (MambaStack(cfg.d_model, cfg.n_layers, cfg.d_state, cfg.d_conv, cfg.expand, cfg.dropout,
@@ -193,17 +194,19 @@ class KalMamba(nn.Module):
 
     # ---- pieces -------------------------------------------------------------------------------------------------
     @property
+    def mu0(self) -> Tensor:
+        """Initial-state mean μ_0 = 0 (D,)."""
+        return self.latent.mu0
+
+    @property
     def var0(self) -> Tensor:
         """Learned initial-state variance σ²_0 (D,)."""
-        return softplus_positive(self.raw_var0, self.cfg.init_var, self.cfg.init_var_min)
+        return self.latent.var0
 
     def latent_obs(self, obs: Tensor, dequantize: bool) -> tuple[Tensor, Tensor, Tensor]:
-        """obs (B, T, *obs_shape) -> (decoder target (B, T, *obs_shape), w (B, T, D), σ²_w (B, T, D)).
-        The target is cast to the parameters' dtype (uint8 images preprocess to float32)."""
-        target = obs_to_target(obs, self.image, dequantize).to(self.w_head.weight.dtype)
-        e = over_time(self.encoder, target, self.obs_event_dims)
-        var_w = softplus_positive(self.var_w_head(e), self.cfg.obs_var_init, self.cfg.obs_var_min)
-        return target, self.w_head(e), var_w
+        """obs (B, T, *obs_shape) -> (decoder target (B, T, *obs_shape), w (B, T, D), σ²_w (B, T, D))
+        (`models.nets.LatentObservation`)."""
+        return self.latent(obs, dequantize)
 
     def transition(self, m: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """NN_post: m (..., D), a (..., A) -> A, b, Σ^dyn (..., D) of the transition to the next step."""
@@ -294,7 +297,8 @@ class KalMamba(nn.Module):
         return loss, {**{k: v.detach() for k, v in terms.items()}, **parts}
 
     def regulariser(self, m: Tensor, mu_f: Tensor, var_f: Tensor) -> tuple[Tensor, Tensor]:
-        """The Mahalanobis regulariser (digest §5.2, Eq. 2), R_t = (m_t − μ⁺_t)ᵀ (Σ⁺_t)⁻¹ (m_t − μ⁺_t).
+        """The Mahalanobis regulariser (paper Eq. 2; docs/paper-notes.md#regulariser),
+        R_t = (m_t − μ⁺_t)ᵀ (Σ⁺_t)⁻¹ (m_t − μ⁺_t).
 
         m, mu_f, var_f (B, T, D). Returns (mean_{b,t} R_t, α · mean_{b,t} R_t / d), with d = D for
         `reg_reduction="mean"` and d = 1 for "sum" (Eq. 2 sums over t; we average over (b, t) like every other term).
@@ -323,11 +327,7 @@ class KalMamba(nn.Module):
     def dynamics_kl(f: dict[str, Tensor], z_s: Tensor) -> Tensor:
         """KL_t = KL(q(z_t | z_{t−1} = ẑ_{t−1}, w) ‖ N(A_{t−1} ẑ_{t−1} + b_{t−1}, Σ^dyn_{t−1})) for t = 1..T−1,
         summed over D -> (B, T−1). `f`: the output of `infer` (smoothed), z_s (B, T, D) the smoothed sample."""
-        cond_mean, cond_var = smoothed_conditional(f["var_f"], f["var_p"], f["mu_s"], f["var_s"], f["A"],
-                                                   f["var_dyn"], z_s)
-        cond_var = cond_var.clamp(min=COND_VAR_FLOOR)
-        prior_mean = f["A"][:, :-1] * z_s[:, :-1] + f["b"][:, :-1]
-        return diag_gaussian_kl(cond_mean, cond_var, prior_mean, f["var_dyn"][:, :-1])
+        return smoothed_conditional_kl(f["var_f"], f["var_p"], f["mu_s"], f["var_s"], f["A"], f["b"], f["var_dyn"], z_s)
 
     @staticmethod
     def mahalanobis(m: Tensor, mu_f: Tensor, var_f: Tensor) -> Tensor:
@@ -343,7 +343,7 @@ class KalMamba(nn.Module):
         no transition), placeholders for the last filtered belief `mean`, `var` and backbone output `m` (B, D),
         and the Mamba layers' recurrent states (`mamba`, None when use_mamba=False)."""
         D, device = self.cfg.latent_dim, self.mu0.device
-        dtype = self.raw_var0.dtype
+        dtype = self.latent.raw_var0.dtype
         return {"mean": self.mu0.expand(batch_size, D).clone(),
                 "var": self.var0.detach().expand(batch_size, D).clone(),
                 "m": torch.zeros(batch_size, D, device=device, dtype=dtype),
@@ -351,8 +351,8 @@ class KalMamba(nn.Module):
                 "first": torch.ones(batch_size, 1, dtype=torch.bool, device=device)}
 
     def observe(self, state: dict[str, Any], obs_t: Tensor, prev_action_t: Tensor) -> tuple[Tensor, dict[str, Any]]:
-        """One online step (digest §4.3), O(1) in the episode length. obs_t (B, *obs_shape), prev_action_t (B, A)
-        = a_{t−1} -> (μ⁺_t (B, D), next state).
+        """One online step (docs/paper-notes.md#acting), O(1) in the episode length.
+        obs_t (B, *obs_shape), prev_action_t (B, A) = a_{t−1} -> (μ⁺_t (B, D), next state).
 
         predict:  (A, b, Σ^dyn) = NN_post(m_{t−1}, a_{t−1});  μ⁻_t = A μ⁺_{t−1} + b,  Σ⁻_t = A² Σ⁺_{t−1} + Σ^dyn
                   (at the first step: the prior N(0, σ²_0))

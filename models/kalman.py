@@ -1,7 +1,7 @@
 """Diagonal Kalman filter and RTS smoother (H = I): a reference loop, a fused loop with analytic backward, and the
 parallel associative scan.
 
-Model (all covariances diagonal, every product element-wise; digest §3.2, §4):
+Model (paper Eq. 1 with H = I; all covariances diagonal, every product element-wise; docs/paper-notes.md#model):
     z_0 ~ N(mu0, var0)
     z_{t+1} | z_t ~ N(A_t z_t + b_t, var_dyn_t)         (A, b, var_dyn at index t map z_t to z_{t+1})
     w_t | z_t ~ N(z_t, var_w_t)                          (auxiliary observation, H = I)
@@ -11,12 +11,12 @@ Outputs of the filter at every t: the one-step prediction N(mu_p_t, var_p_t) (be
 filtered belief N(mu_f_t, var_f_t) (after w_t). The smoother gives N(mu_s_t, var_s_t) = p(z_t | w_{0..T-1}).
 
 Methods (the `method` argument of `kalman_filter` and `kalman_smoother`):
-- "sequential": the readable reference loop (digest §4.1) built from the public single-step functions
+- "sequential": the readable reference loop (docs/paper-notes.md#inference) built from the public single-step functions
   `kalman_predict`, `kalman_update`, `rts_step`; autograd differentiates it.
 - "fused": the same recursion as one loop over (B, D) slices per direction, each step a few fused element-wise ops
   written straight into the outputs, with the analytic backward (the adjoint recursions below) as a
   `torch.autograd.Function`. Neither direction builds an autograd graph per step. No double backward.
-- "parallel": Särkkä & García-Fernández (2021) specialised to diagonals (digest §4.2): one forward associative
+- "parallel": Särkkä & García-Fernández (2021, arXiv:1905.13002) specialised to diagonals: one forward associative
   scan for the filter, one reverse scan for the smoother: depth O(log T), ~3x the element-wise work of a loop.
 - "auto" (the default, and what every caller in kalbench uses) picks by device and size (`resolve_method`):
   "parallel" on CUDA, where a loop of T small kernels is latency-bound and the scan's depth wins; on the CPU
@@ -31,13 +31,20 @@ positions are never used in arithmetic, so they may hold anything (even NaN) wit
 Numerics: the forms below avoid cancellation, so variances stay positive in float32:
     1 - K = var_w / S,   var_f = var_p * var_w / S  (= Joseph form),   S = var_p + var_w
     smoother: var_s = var_f * max(1 - J A, 0) + J² var_s_next  (= var_f + J² (var_s_next - var_p_next))
+
+The smoothing ELBO's KL term, shared by KalMamba and VRKN, is here too: `smoothed_conditional` gives
+q(z_t | z_{t-1}, w) from the smoother's outputs, `smoothed_conditional_kl` its KL to the dynamics
+(docs/paper-notes.md#smoothing-elbo).
 """
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from models.nets import diag_gaussian_kl
 from models.scan import associative_scan
 
 METHODS = ("auto", "fused", "parallel", "sequential")
@@ -178,7 +185,7 @@ def _rts(mu_f, var_f, mu_p_next, var_p_next, A, mu_s_next, var_s_next):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Sequential reference (digest §4.1)
+# Sequential reference (docs/paper-notes.md#inference)
 # ----------------------------------------------------------------------------------------------------------------
 
 def _filter_sequential(w, var_w, A, b, var_dyn, mu0, var0, mask):
@@ -209,16 +216,35 @@ def _smoother_sequential(mu_f, var_f, mu_p, var_p, A):
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Parallel form (digest §4.2, Särkkä & García-Fernández 2021, diagonal, H = I)
+# Parallel form (Särkkä & García-Fernández 2021, arXiv:1905.13002; diagonal, H = I)
 # ----------------------------------------------------------------------------------------------------------------
 
-def _filter_elements(w, var_w, A, b, var_dyn, mu0, var0, mask):
-    """Filtering elements (F_k, m_k, C_k, eta_k, J_k), each (B, T, D). (F_k is Särkkä's A_k, renamed so it is not
-    confused with the transition A.) For k >= 1, with F = A_{k-1}, u = b_{k-1}, q = var_dyn_{k-1}, R = var_w_k:
-        S = q + R,  K = q / S,  F_k = (1 - K) F,  m_k = u + K (w_k - u),  C_k = (1 - K) q = q R / S,
-        eta_k = F (w_k - u) / S,  J_k = F² / S.
-    A missing observation (R = inf) gives 1/S = 0, K = 0: F_k = F, m_k = u, C_k = q, eta_k = J_k = 0.
-    Element 0 is the prior updated with w_0: F_0 = eta_0 = J_0 = 0, (m_0, C_0) = filtered belief at t = 0.
+class FilterElement(NamedTuple):
+    """Filtering element a_k = (A_k, b_k, C_k, η_k, J_k) of the parallel Kalman filter of Särkkä & García-Fernández
+    (2021, arXiv:1905.13002), diagonal with H = I, each (B, T, D). A_k is the element's symbol, not the model's
+    transition A_t (which this section calls F). An inclusive forward scan leaves b = μ⁺_k, C = Σ⁺_k at position k."""
+    A: Tensor
+    b: Tensor
+    C: Tensor
+    eta: Tensor
+    J: Tensor
+
+
+class SmootherElement(NamedTuple):
+    """Smoothing element a_k = (E_k, g_k, L_k) of the parallel RTS smoother of Särkkä & García-Fernández (2021,
+    arXiv:1905.13002), diagonal, each (B, T, D). A reverse (suffix) scan leaves g = μˢ_k and L = Σˢ_k at position k."""
+    E: Tensor
+    g: Tensor
+    L: Tensor
+
+
+def _filter_elements(w, var_w, A, b, var_dyn, mu0, var0, mask) -> FilterElement:
+    """The filtering elements. For k >= 1, with F = A_{k-1}, u = b_{k-1}, q = var_dyn_{k-1} (the transition
+    z_{k-1} -> z_k) and R = var_w_k:
+        S = q + R,  K = q / S,  A_k = (1 - K) F,  b_k = u + K (w_k - u),  C_k = (1 - K) q = q R / S,
+        η_k = F (w_k - u) / S,  J_k = F² / S.
+    A missing observation (R = inf) gives 1/S = 0, K = 0: A_k = F, b_k = u, C_k = q, η_k = J_k = 0.
+    Element 0 is the prior updated with w_0: A_0 = η_0 = J_0 = 0, (b_0, C_0) = filtered belief at t = 0.
     """
     T = w.shape[1]
     # split views instead of slices: a slice's backward would write into a zero tensor of the full size
@@ -235,40 +261,35 @@ def _filter_elements(w, var_w, A, b, var_dyn, mu0, var0, mask):
         K = torch.where(m, K, 0.0)
         one_minus_K = torch.where(m, one_minus_K, 1.0)
     innovation = y - u
-    F_k = one_minus_K * F
-    m_k = u + K * innovation
-    C_k = one_minus_K * q
-    eta_k = F * innovation * inv_S
-    J_k = F * F * inv_S
+    rest = FilterElement(A=one_minus_K * F, b=u + K * innovation, C=one_minus_K * q, eta=F * innovation * inv_S,
+                         J=F * F * inv_S)
 
     mu_f0, var_f0 = _update(mu0, var0, w[:, 0], var_w[:, 0], None if mask is None else mask[:, 0])
     zero = torch.zeros_like(mu_f0).unsqueeze(1)
-    first = (zero, mu_f0.unsqueeze(1), var_f0.unsqueeze(1), zero, zero)
-    rest = (F_k, m_k, C_k, eta_k, J_k)
-    return tuple(torch.cat([x0, xk], dim=1) for x0, xk in zip(first, rest))
+    first = FilterElement(A=zero, b=mu_f0.unsqueeze(1), C=var_f0.unsqueeze(1), eta=zero, J=zero)
+    return FilterElement(*(torch.cat([x0, xk], dim=1) for x0, xk in zip(first, rest)))
 
 
-def _filter_combine(earlier, later):
+def _filter_combine(ai: FilterElement, aj: FilterElement) -> FilterElement:
     """a_i ⊗ a_j (i earlier), diagonal:  M = 1 / (1 + C_i J_j)
-        F = F_j M F_i,            m = F_j M (m_i + C_i eta_j) + m_j,    C = F_j² M C_i + C_j,
-        eta = F_i M (eta_j - J_j m_i) + eta_i,                           J = F_i² M J_j + J_i.
+        A = A_j M A_i,            b = A_j M (b_i + C_i η_j) + b_j,     C = A_j² M C_i + C_j,
+        η = A_i M (η_j - J_j b_i) + η_i,                               J = A_i² M J_j + J_i.
     (addcmul(x, y, z) = x + y z fuses a multiply-add into one pass over memory.)
     """
-    F1, m1, C1, e1, J1 = earlier
-    F2, m2, C2, e2, J2 = later
-    M = torch.reciprocal(torch.addcmul(torch.ones((), dtype=C1.dtype, device=C1.device), C1, J2))
-    F2M = F2 * M
-    F1M = F1 * M
-    return (F2M * F1,
-            torch.addcmul(m2, F2M, torch.addcmul(m1, C1, e2)),
-            torch.addcmul(C2, F2M * F2, C1),
-            torch.addcmul(e1, F1M, torch.addcmul(e2, J2, m1, value=-1)),
-            torch.addcmul(J1, F1M * F1, J2))
+    M = torch.reciprocal(torch.addcmul(torch.ones((), dtype=ai.C.dtype, device=ai.C.device), ai.C, aj.J))
+    AjM = aj.A * M
+    AiM = ai.A * M
+    return FilterElement(A=AjM * ai.A,
+                         b=torch.addcmul(aj.b, AjM, torch.addcmul(ai.b, ai.C, aj.eta)),
+                         C=torch.addcmul(aj.C, AjM * aj.A, ai.C),
+                         eta=torch.addcmul(ai.eta, AiM, torch.addcmul(aj.eta, aj.J, ai.b, value=-1)),
+                         J=torch.addcmul(ai.J, AiM * ai.A, aj.J))
 
 
 def _filter_parallel(w, var_w, A, b, var_dyn, mu0, var0, mask):
     elems = _filter_elements(w, var_w, A, b, var_dyn, mu0, var0, mask)
-    _, mu_f, var_f, _, _ = associative_scan(_filter_combine, elems, dim=1)
+    scanned = associative_scan(_filter_combine, elems, dim=1)
+    mu_f, var_f = scanned.b, scanned.C
     T = w.shape[1]
     head = [x.split([T - 1, 1], dim=1)[0] for x in (mu_f, var_f, A, b, var_dyn)]
     mu_pred, var_pred = _predict(*head)
@@ -277,15 +298,13 @@ def _filter_parallel(w, var_w, A, b, var_dyn, mu0, var0, mask):
     return mu_f, var_f, mu_p, var_p
 
 
-def _smoother_combine(earlier, later):
+def _smoother_combine(ai: SmootherElement, aj: SmootherElement) -> SmootherElement:
     """a_i ⊗ a_j (i earlier):  E = E_i E_j,  g = E_i g_j + g_i,  L = E_i² L_j + L_i."""
-    E1, g1, L1 = earlier
-    E2, g2, L2 = later
-    return E1 * E2, torch.addcmul(g1, E1, g2), torch.addcmul(L1, E1 * E1, L2)
+    return SmootherElement(E=ai.E * aj.E, g=torch.addcmul(ai.g, ai.E, aj.g), L=torch.addcmul(ai.L, ai.E * ai.E, aj.L))
 
 
 def _smoother_parallel(mu_f, var_f, mu_p, var_p, A):
-    """Smoothing elements, k < T-1:  E_k = var_f_k A_k / var_p_{k+1},  g_k = mu_f_k - E_k mu_p_{k+1},
+    """The smoothing elements, k < T-1:  E_k = var_f_k A_k / var_p_{k+1},  g_k = mu_f_k - E_k mu_p_{k+1},
     L_k = var_f_k (1 - E_k A_k);  k = T-1: E = 0, g = mu_f, L = var_f. A reverse scan gives g = mu_s, L = var_s."""
     T = mu_f.shape[1]
     (mu_f_head, mu_f_last), (var_f_head, var_f_last) = (x.split([T - 1, 1], dim=1) for x in (mu_f, var_f))
@@ -294,11 +313,10 @@ def _smoother_parallel(mu_f, var_f, mu_p, var_p, A):
     E = var_f_head * A_head / var_p_next
     g = mu_f_head - E * mu_p_next
     L = var_f_head * torch.clamp(1 - E * A_head, min=0)
-    E = torch.cat([E, torch.zeros_like(mu_f_last)], dim=1)
-    g = torch.cat([g, mu_f_last], dim=1)
-    L = torch.cat([L, var_f_last], dim=1)
-    _, mu_s, var_s = associative_scan(_smoother_combine, (E, g, L), dim=1, reverse=True)
-    return mu_s, var_s
+    elems = SmootherElement(E=torch.cat([E, torch.zeros_like(mu_f_last)], dim=1), g=torch.cat([g, mu_f_last], dim=1),
+                            L=torch.cat([L, var_f_last], dim=1))
+    scanned = associative_scan(_smoother_combine, elems, dim=1, reverse=True)
+    return scanned.g, scanned.L
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -499,3 +517,51 @@ def kalman_smoother(mu_f: Tensor, var_f: Tensor, mu_p: Tensor, var_p: Tensor, A:
     run = {"fused": _smoother_fused, "parallel": _smoother_parallel,
            "sequential": _smoother_sequential}[resolve_method(method, mu_f)]
     return run(mu_f, var_f, mu_p, var_p, A)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Smoothed conditional and its KL to the dynamics: the KL term of the smoothing ELBO (KalMamba and VRKN)
+# ----------------------------------------------------------------------------------------------------------------
+
+COND_VAR_FLOOR = 1e-8   # floor of the smoothed conditional variance in the KL (only against float underflow)
+
+
+def smoothed_conditional(var_f: Tensor, var_p: Tensor, mu_s: Tensor, var_s: Tensor, A: Tensor, var_dyn: Tensor,
+                         z_prev: Tensor) -> tuple[Tensor, Tensor]:
+    """Mean and variance of q(z_t | z_{t-1} = z_prev_{t-1}, w_{0..T-1}) for t = 1..T-1 (diagonal, H = I).
+
+    Gaussian conditioning of the smoothed pairwise marginal of (z_{t-1}, z_t), whose cross-covariance is
+    J_{t-1} Σˢ_t (the RTS smoother's pairwise marginal; docs/paper-notes.md#smoothing-elbo):
+        J_{t-1} = Σ⁺_{t-1} A_{t-1} / Σ⁻_t                  (RTS gain)
+        G_t     = Σˢ_t J_{t-1} / Σˢ_{t-1}
+        mean_t  = μˢ_t + G_t (z_{t-1} − μˢ_{t-1})
+        var_t   = Σˢ_t − G_t J_{t-1} Σˢ_t = Σˢ_t · L_{t-1} / Σˢ_{t-1},   L_{t-1} = Σ⁺_{t-1} Σ^dyn_{t-1} / Σ⁻_t
+    (L_{t-1} = Σ⁺_{t-1}(1 − J_{t-1} A_{t-1}) is the variance of z_{t-1} given z_t; Σˢ_{t-1} = L_{t-1} + J² Σˢ_t.
+    The product form is the same quantity without the cancellation of the difference form.)
+
+    Args (B, T, D): filtered variance var_f, predicted variance var_p (var_p_t = A_{t-1}² var_f_{t-1} + var_dyn_{t-1}
+    for t ≥ 1), smoothed mean/variance mu_s/var_s, transition A and var_dyn (index t: z_t -> z_{t+1}), and z_prev:
+    the values of z_{t-1} to condition on, at index t-1 (e.g. a sample of the smoothed marginals).
+    Returns (mean, var), each (B, T-1, D), for t = 1..T-1.
+    """
+    J = var_f[:, :-1] * A[:, :-1] / var_p[:, 1:]
+    L = var_f[:, :-1] * var_dyn[:, :-1] / var_p[:, 1:]
+    G = var_s[:, 1:] * J / var_s[:, :-1]
+    mean = mu_s[:, 1:] + G * (z_prev[:, :-1] - mu_s[:, :-1])
+    var = var_s[:, 1:] * L / var_s[:, :-1]
+    return mean, var
+
+
+def smoothed_conditional_kl(var_f: Tensor, var_p: Tensor, mu_s: Tensor, var_s: Tensor, A: Tensor, b: Tensor,
+                            var_dyn: Tensor, z_s: Tensor, min_var: float = COND_VAR_FLOOR) -> Tensor:
+    """KL_t = KL( q(z_t | z_{t-1} = ẑ_{t-1}, w) ‖ N(A_{t-1} ẑ_{t-1} + b_{t-1}, Σ^dyn_{t-1}) ) for t = 1..T-1.
+
+    The KL term of the smoothing ELBO that KalMamba takes over from VRKN (docs/paper-notes.md#smoothing-elbo):
+    ẑ = z_s (B, T, D) is a sample of the smoothed marginals; the left argument is `smoothed_conditional` at ẑ, the
+    right one the model's dynamics at ẑ. Other arguments as in `smoothed_conditional`, b (B, T, D) the transition
+    offset. The conditional variance is floored at `min_var` (only against float underflow; it is positive by
+    construction). Returns (B, T-1) in nats, summed over D.
+    """
+    cond_mean, cond_var = smoothed_conditional(var_f, var_p, mu_s, var_s, A, var_dyn, z_s)
+    prior_mean = A[:, :-1] * z_s[:, :-1] + b[:, :-1]
+    return diag_gaussian_kl(cond_mean, cond_var.clamp(min=min_var), prior_mean, var_dyn[:, :-1])

@@ -56,8 +56,7 @@ BACKENDS = ("auto", "torch", "cuda")
 SCAN_METHODS = ("auto", "loop", "parallel")   # selective_scan: "auto" = "loop" on CPU, "parallel" elsewhere
 DT_INIT_FLOOR = 1e-4   # mamba_ssm's dt_init_floor: the smallest initial Δ
 SCAN_CHUNK = None      # time steps per chunk of the PyTorch scan; None = one scan over the whole sequence
-                       # (measured on a 2-core CPU: chunks of 32-128 were no faster, up to 2x slower for
-                       # forward+backward at T = 256-1024; see `linear_recurrence`)
+                       # (chunks were not faster on CPU: README, "Benchmarks (measured)"; see `linear_recurrence`)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -147,7 +147,61 @@ def diag_gaussian_kl(mu_q: Tensor, var_q: Tensor, mu_p: Tensor, var_p: Tensor) -
 def reward_scale_for(reward_loss_scale: float | None, image: bool) -> float:
     """The weight of the reward NLL in a world-model loss: `reward_loss_scale`, or if None, by observation type:
     10 for images (VRKN's `decoder_loss_scales`, whose settings all have images, where the reconstruction NLL sums
-    12288 pixels) and 1 for state vectors (CoRAL's `reward_scale_factor`; digest §5.1, fidelity review D4)."""
+    12288 pixels) and 1 for state vectors (CoRAL's `reward_scale_factor`; docs/paper-notes.md#reward-weight)."""
     if reward_loss_scale is not None:
         return float(reward_loss_scale)
     return 10.0 if image else 1.0
+
+
+class LatentObservation(nn.Module):
+    """The observation side of the inference model shared by KalMamba and VRKN: the encoder φ, the auxiliary
+    (latent) observation w_t with its diagonal variance, and the learned initial belief (docs/paper-notes.md#model).
+
+        e_t = φ(o_t),   w_t = Linear(e_t),   σ²_w,t = softplus(Linear(e_t) + shift) + obs_var_min
+        q(w_t | z_t) = N(w_t | z_t, diag σ²_w,t)                      (H = I; σ²_w,t = obs_var_init at Linear = 0)
+        z_0 ~ N(μ_0 = 0, diag σ²_0),   σ²_0 = softplus(θ + shift) + init_var_min   (θ learned; σ²_0 = init_var at 0)
+
+    Source: VRKN (Becker & Neumann 2022; its "diagonal Gaussian parameter layer" and learned initial state); KalMamba
+    shares φ and w_t between the Kalman filter and the backbone (paper Fig. 2).
+    Shapes: obs (B, T, *obs_shape) -> target (B, T, *obs_shape), w and var_w (B, T, D); mu0 and var0 (D,).
+    """
+
+    # names of this block's tensors when they sat directly on the world model (checkpoints written before it existed)
+    LEGACY_MODULES, LEGACY_TENSORS = ("encoder.", "w_head.", "var_w_head."), ("mu0", "raw_var0")
+
+    def __init__(self, obs_shape: tuple[int, ...], latent_dim: int, *, mlp_hidden_dim: int, conv_depth: int,
+                 mlp_layers: int, obs_var_init: float, obs_var_min: float, init_var: float, init_var_min: float):
+        super().__init__()
+        self.obs_shape = tuple(obs_shape)
+        self.image = is_image(self.obs_shape)
+        self.obs_event_dims = len(self.obs_shape)
+        self.obs_var_init, self.obs_var_min = obs_var_init, obs_var_min
+        self.init_var, self.init_var_min = init_var, init_var_min
+        self.encoder, embed_dim = make_encoder(self.obs_shape, mlp_hidden_dim, conv_depth, mlp_layers)
+        self.w_head = nn.Linear(embed_dim, latent_dim)
+        self.var_w_head = nn.Linear(embed_dim, latent_dim)
+        self.register_buffer("mu0", torch.zeros(latent_dim))
+        self.raw_var0 = nn.Parameter(torch.zeros(latent_dim))
+
+    @property
+    def var0(self) -> Tensor:
+        """Learned initial-state variance σ²_0 (D,)."""
+        return softplus_positive(self.raw_var0, self.init_var, self.init_var_min)
+
+    def forward(self, obs: Tensor, dequantize: bool) -> tuple[Tensor, Tensor, Tensor]:
+        """obs (B, T, *obs_shape) -> (decoder target (B, T, *obs_shape), w (B, T, D), σ²_w (B, T, D)).
+        The target is the preprocessed observation (images dequantised if `dequantize`), cast to the parameters'
+        dtype (uint8 images preprocess to float32)."""
+        target = obs_to_target(obs, self.image, dequantize).to(self.w_head.weight.dtype)
+        e = over_time(self.encoder, target, self.obs_event_dims)
+        var_w = softplus_positive(self.var_w_head(e), self.obs_var_init, self.obs_var_min)
+        return target, self.w_head(e), var_w
+
+    @classmethod
+    def load_legacy_keys(cls, module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+        """A load_state_dict pre-hook for the world model that holds this block as `latent`: moves the keys of a
+        checkpoint written before the block existed (`encoder.*`, ..., `raw_var0`) to `latent.*`, in place."""
+        for key in list(state_dict):
+            name = key[len(prefix):]
+            if key.startswith(prefix) and (name.startswith(cls.LEGACY_MODULES) or name in cls.LEGACY_TENSORS):
+                state_dict[prefix + "latent." + name] = state_dict.pop(key)

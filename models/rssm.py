@@ -1,5 +1,5 @@
 """Recurrent state-space model (RSSM; Hafner et al. 2019, PlaNet/Dreamer-v1) as the world model of the
-"RSSM + SAC" baseline, with the CoRAL "SSM + SAC" defaults (digest §9.3, §10; github.com/pbecker93/CoRAL).
+"RSSM + SAC" baseline, with the CoRAL "SSM + SAC" defaults (github.com/pbecker93/CoRAL; docs/paper-notes.md#baselines).
 
 Latent state s_t = (h_t, z_t): a deterministic GRU state h_t and a stochastic state z_t.
 
@@ -43,8 +43,8 @@ from models.vrkn import check_batch  # (shared batch-shape check; candidate for 
 
 @dataclass
 class RSSMConfig:
-    """RSSM hyper-parameters. Source of each default: CoRAL `common_defaults/mfrl/mf_default.yml` (digest §10)
-    unless noted."""
+    """RSSM hyper-parameters. Source of each default: CoRAL `common_defaults/mfrl/mf_default.yml` unless
+    noted ([INF]: our choice, docs/paper-notes.md#source-keys)."""
     stoch_dim: int = 64              # z_t size (CoRAL `transition.lsd`; the VRKN repo's RSSM uses 30)
     deter_dim: int = 200             # h_t size (CoRAL `rec_state_dim`)
     hidden_dim: int = 400            # width of the prior / posterior / GRU-input nets (CoRAL `layer_size`)
@@ -63,7 +63,7 @@ class RSSMConfig:
     obs_loss_scale: float = 1.0      # CoRAL (reconstruction scale 1)
     reward_loss_scale: float = 1.0   # CoRAL `reward_scale_factor`
     lr: float = 3e-4                 # CoRAL `model_learning_rate` (Adam)
-    adam_eps: float = 1e-8           # digest §5.4
+    adam_eps: float = 1e-8           # CoRAL (Adam with eps 1e-8)
     grad_clip: float = 10.0          # CoRAL `model_clip_norm` (global grad norm)
 
     def __post_init__(self):

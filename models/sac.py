@@ -1,6 +1,6 @@
 """Soft actor-critic on fixed-size features (Haarnoja et al. 2018), with the CoRAL "SSM + SAC" defaults
-(digest §10). It knows nothing about world models: it sees feature vectors `s` (N, F), actions `a` (N, A) in
-[-1, 1], rewards `r` (N,) and next features `s'` (N, F).
+(docs/paper-notes.md#sac-on-beliefs). It knows nothing about world models: it sees feature vectors `s` (N, F),
+actions `a` (N, A) in [-1, 1], rewards `r` (N,) and next features `s'` (N, F).
 
 One `update` = one critic step, one actor step, one temperature step, one target-critic EMA step:
 
@@ -39,7 +39,7 @@ from models.nets import LOG_2PI, mlp, softplus_positive
 
 @dataclass
 class SACConfig:
-    """SAC hyper-parameters. Defaults: CoRAL `mf_default.yml` (digest §10)."""
+    """SAC hyper-parameters. Defaults: CoRAL `mf_default.yml` (docs/paper-notes.md#sac-on-beliefs)."""
     hidden_dim: int = 1024          # actor and critic width
     n_layers: int = 3               # hidden layers of actor and of each critic (ELU)
     actor_lr: float = 1e-3

@@ -5,6 +5,8 @@ Given elements x_0, ..., x_{T-1} (each a tuple of tensors sliced along `dim`) an
     reverse (suffix) scan:   y_k = x_k ⊗ x_{k+1} ⊗ ... ⊗ x_{T-1}
 `combine(earlier, later)` computes earlier ⊗ later, where `earlier` holds the elements with the LOWER time index in
 both directions (so a non-commutative operator is written once, in time order, and used for both scans).
+Elements given as a NamedTuple (e.g. models.kalman.FilterElement) reach `combine` and come back as that NamedTuple,
+so an operator can use the paper's symbols (`a_i.C * a_j.J`).
 """
 from __future__ import annotations
 
@@ -77,13 +79,16 @@ def associative_scan(combine: Combine, elems: Sequence[Tensor], dim: int = 1, re
         combine: associative `combine(earlier, later) -> tuple`, element-wise over batched tuples: it receives two
             tuples of tensors with equal shapes (the scanned dim of any length) and returns a tuple of the same
             structure and shapes. `earlier` holds the lower time indices, also for `reverse=True`.
-        elems: tuple of tensors (..., T, ...) sharing the size T of `dim`.
+        elems: tuple (or NamedTuple) of tensors (..., T, ...) sharing the size T of `dim`.
         dim: the scanned dimension (negative values count from the end).
         reverse: False: y_k = x_0 ⊗ ... ⊗ x_k.  True: y_k = x_k ⊗ ... ⊗ x_{T-1}.
 
     Returns:
-        tuple of tensors with the shapes of `elems`.
+        tuple of tensors with the shapes of `elems` (the NamedTuple type of `elems`, if it is one).
     """
+    structure = type(elems) if hasattr(elems, "_fields") else None   # a NamedTuple: combine sees and returns it
+    if structure is not None:
+        combine = _with_structure(combine, structure)
     elems = tuple(elems)
     if len(elems) == 0:
         raise ValueError("elems: need at least one tensor")
@@ -97,13 +102,18 @@ def associative_scan(combine: Combine, elems: Sequence[Tensor], dim: int = 1, re
             raise ValueError(f"elems: tensor {i} has shape {tuple(x.shape)}, expected {ndim} dims and size "
                              f"{length} along dim {dim}")
     if length == 0:
-        return elems
-    if not reverse:
-        return _prefix_scan(combine, elems, dim)
-    # Suffix scan = prefix scan of the time-reversed sequence with the operands swapped.
-    flipped = tuple(x.flip(dim) for x in elems)
-    out = _prefix_scan(lambda later, earlier: combine(earlier, later), flipped, dim)
-    return tuple(x.flip(dim) for x in out)
+        out = elems
+    elif not reverse:
+        out = _prefix_scan(combine, elems, dim)
+    else:  # suffix scan = prefix scan of the time-reversed sequence with the operands swapped
+        flipped = tuple(x.flip(dim) for x in elems)
+        out = tuple(x.flip(dim) for x in _prefix_scan(lambda later, earlier: combine(earlier, later), flipped, dim))
+    return out if structure is None else structure(*out)
+
+
+def _with_structure(combine: Combine, structure: type) -> Combine:
+    """`combine` called with (and returning) NamedTuples of type `structure` instead of plain tuples."""
+    return lambda earlier, later: tuple(combine(structure(*earlier), structure(*later)))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -123,7 +133,10 @@ def torch_associative_scan(combine: Combine, elems: Sequence[Tensor], dim: int =
     """
     from torch._higher_order_ops.associative_scan import associative_scan as _torch_scan
 
-    def fn(x, y):
-        return tuple(combine(tuple(y), tuple(x)) if reverse else combine(tuple(x), tuple(y)))
+    structure = type(elems) if hasattr(elems, "_fields") else None
+    wrap = tuple if structure is None else (lambda e: structure(*e))
 
-    return tuple(_torch_scan(fn, tuple(elems), dim=dim, reverse=reverse, combine_mode="generic"))
+    def fn(x, y):
+        return tuple(combine(wrap(y), wrap(x)) if reverse else combine(wrap(x), wrap(y)))
+
+    return wrap(_torch_scan(fn, tuple(elems), dim=dim, reverse=reverse, combine_mode="generic"))

@@ -1,14 +1,15 @@
 """Variational Recurrent Kalman Network (VRKN; Becker & Neumann, TMLR 2022) as the world model of the
-"VRKN + SAC" baseline (digest §4.1, §5.1, §9; github.com/pbecker93/vrkn).
+"VRKN + SAC" baseline (github.com/pbecker93/vrkn; docs/paper-notes.md#baselines).
 
-Latent state z_t ∈ R^D with a diagonal Gaussian belief; auxiliary observation (H = I):
+Latent state z_t ∈ R^D with a diagonal Gaussian belief; auxiliary observation (H = I) and learned prior as in KalMamba
+(`models.nets.LatentObservation`):
 
     (w_t, σ²_w,t) = (Linear(e_t), softplus(Linear(e_t) + shift) + 0.01),   e_t = enc(o_t)      (init σ²_w = 1)
     z_0 ~ N(0, diag σ²_0),   σ²_0 = softplus(θ + shift) + 0.001 learned (init 1)                    (no transition at t = 0)
     z_t | z_{t-1} ~ N(A_t z_{t-1} + b_t, diag q_t),   (A_t, b_t, q_t) = f(μ⁺_{t-1}, a_{t-1})    (locally linear)
 
 The transition parameters are computed from the previous *filtered mean* μ⁺_{t-1} and the action (an EKF-like
-linearisation, digest §9.1), which makes inference sequential:
+linearisation), which makes inference sequential:
 
     x  = MCDropout(ReLU(Linear([μ⁺_{t-1}, a_{t-1}])))
     g  = GRUCell(x, hidden = μ⁺_{t-1})                    ("fake GRU": the filtered mean is the GRU state)
@@ -19,13 +20,13 @@ linearisation, digest §9.1), which makes inference sequential:
 Inference: Kalman predict + update (Joseph form) per step, then a Rauch-Tung-Striebel smoother (`cfg.smoother`); the
 single-step equations and the smoother come from `models.kalman` (not re-implemented here).
 
-Objective: the smoothing ELBO (digest §5.1, VRKN `AEVIObjective`). With ẑ_t ~ N(μˢ_t, Σˢ_t) one sample of the
-smoothed marginals (used by the decoders and the KL):
+Objective: the smoothing ELBO (VRKN `AEVIObjective`; docs/paper-notes.md#smoothing-elbo). With ẑ_t ~ N(μˢ_t, Σˢ_t)
+one sample of the smoothed marginals (used by the decoders and the KL):
 
     L = obs_scale · NLL(o_t | ẑ_t) + reward_scale · NLL(r_t | ẑ_t)          (reward_scale: 10 on images, 1 on states)
         + (1/T) · init_kl_scale · mean max(0, KL(N(μˢ_0, Σˢ_0) ‖ N(0, σ²_0)) − free_nats)
         + ((T−1)/T) · kl_scale · mean_{b, t≥1} max(0, KL_t − free_nats),
-    KL_t = KL( q(z_t | z_{t-1} = ẑ_{t-1}, w_{≥t}) ‖ N(A_t ẑ_{t-1} + b_t, q_t) )         (`smoothed_conditional_kl`)
+    KL_t = KL( q(z_t | z_{t-1} = ẑ_{t-1}, w_{≥t}) ‖ N(A_t ẑ_{t-1} + b_t, q_t) )     (models.kalman.smoothed_conditional_kl)
 
 MC dropout is nn.Dropout: on in train() (the model loss), off in eval() (features for SAC, acting, evaluation:
 VRKN's "MAP mode"). Features for SAC: the filtered mean μ⁺_t.
@@ -45,17 +46,16 @@ from torch import Tensor, nn
 
 from models import checks
 from models.diagnostics import kalman_gain_stats, kl_active_fraction
-from models.kalman import METHODS as KALMAN_METHODS, kalman_predict, kalman_smoother, kalman_update
-from models.nets import (diag_gaussian_kl, gaussian_log_lik, is_image, make_decoder, make_encoder, mlp,
-                         obs_to_target, over_time, reward_scale_for, scaled_sigmoid, softplus_positive)
-
-COND_VAR_FLOOR = 1e-8   # floor of the smoothed conditional variance in the KL (only against float underflow)
+from models.kalman import (METHODS as KALMAN_METHODS, kalman_predict, kalman_smoother, kalman_update,
+                           smoothed_conditional_kl)
+from models.nets import (LatentObservation, diag_gaussian_kl, gaussian_log_lik, make_decoder, mlp, over_time,
+                         reward_scale_for, scaled_sigmoid)
 
 
 @dataclass
 class VRKNConfig:
     """VRKN hyper-parameters. Source of each default: the official VRKN code (pbecker93/vrkn: `TransitionFactory`,
-    `AEVRKNObjectiveFactory`, `AVPolicyTrainerFactory`, `experiments/actor_value/av_vrkn.py`; digest §9) unless
+    `AEVRKNObjectiveFactory`, `AVPolicyTrainerFactory`, `experiments/actor_value/av_vrkn.py`) unless
     noted."""
     latent_dim: int = 230            # `lod` (= RSSM's 200 deterministic + 30 stochastic)
     hidden_dim: int = 300            # transition net width (`hidden_size`)
@@ -72,7 +72,7 @@ class VRKNConfig:
     init_var: float = 1.0            # learned initial-state variance (`initial_state_var`, `min_initial_state_var`)
     init_var_min: float = 0.001
     conv_depth: int = 32             # Dreamer conv encoder/decoder depth (images)
-    mlp_hidden_dim: int = 300        # state-vector encoder/decoder width ([INF] CoRAL's vector encoder 3×300 ELU)
+    mlp_hidden_dim: int = 300        # state-vector encoder/decoder width ([INF]: CoRAL's vector encoder 3×300 ELU)
     mlp_layers: int = 3
     reward_hidden_dim: int = 300     # reward head 3×300 ELU (VRKN dense decoder default)
     reward_layers: int = 3
@@ -82,7 +82,7 @@ class VRKNConfig:
     obs_loss_scale: float = 1.0      # `decoder_loss_scales` = [1.0, 10.0] (av_vrkn.py, image-only input)
     reward_loss_scale: float | None = None  # None: by observation type (models.nets.reward_scale_for): 10 on images
                                      # (`decoder_loss_scales`; every VRKN setting has images), 1 on state vectors
-                                     # (CoRAL `reward_scale_factor`; fidelity review D4)
+                                     # (CoRAL `reward_scale_factor`; docs/paper-notes.md#reward-weight)
     smoother: str = "auto"           # models.kalman smoother method: "auto" | "fused" | "parallel" | "sequential"
     lr: float = 6e-4                 # `model_learning_rate` (Adam)
     adam_eps: float = 1e-8           # `model_adam_epsilon`
@@ -105,49 +105,6 @@ class VRKNConfig:
 
 
 # ------------------------------------------------------------------------------------------------------------------
-# Smoothed conditional q(z_t | z_{t-1}, w_{≥t}) and its KL to the prior dynamics (digest §4.1, §5.1)
-# ------------------------------------------------------------------------------------------------------------------
-
-def smoothed_conditional(var_f: Tensor, var_p: Tensor, mu_s: Tensor, var_s: Tensor, A: Tensor, var_dyn: Tensor,
-                         z_prev: Tensor) -> tuple[Tensor, Tensor]:
-    """Mean and variance of q(z_t | z_{t-1} = z_prev_{t-1}, w_{0..T-1}) for t = 1..T-1 (diagonal, H = I).
-
-    From the smoothed pairwise marginal of (z_{t-1}, z_t), whose cross-covariance is J_{t-1} Σˢ_t:
-        J_{t-1} = Σ⁺_{t-1} A_{t-1} / Σ⁻_t                  (RTS gain)
-        G_t     = Σˢ_t J_{t-1} / Σˢ_{t-1}
-        mean_t  = μˢ_t + G_t (z_{t-1} − μˢ_{t-1})
-        var_t   = Σˢ_t − G_t J_{t-1} Σˢ_t = Σˢ_t · L_{t-1} / Σˢ_{t-1},   L_{t-1} = Σ⁺_{t-1} q_{t-1} / Σ⁻_t
-    (L_{t-1} = Σ⁺_{t-1}(1 − J_{t-1} A_{t-1}) is the variance of z_{t-1} given z_t; Σˢ_{t-1} = L_{t-1} + J² Σˢ_t.
-    The product form is the same quantity without the cancellation of the difference form.)
-
-    Args (B, T, D): filtered variance var_f, predicted variance var_p (var_p_t = A_{t-1}² var_f_{t-1} + var_dyn_{t-1}
-    for t ≥ 1), smoothed mean/variance mu_s/var_s, transition A and var_dyn (index t: z_t -> z_{t+1}), and z_prev:
-    the values of z_{t-1} to condition on, at index t-1 (e.g. a sample of the smoothed marginals).
-    Returns (mean, var), each (B, T-1, D), for t = 1..T-1.
-    """
-    J = var_f[:, :-1] * A[:, :-1] / var_p[:, 1:]
-    L = var_f[:, :-1] * var_dyn[:, :-1] / var_p[:, 1:]
-    G = var_s[:, 1:] * J / var_s[:, :-1]
-    mean = mu_s[:, 1:] + G * (z_prev[:, :-1] - mu_s[:, :-1])
-    var = var_s[:, 1:] * L / var_s[:, :-1]
-    return mean, var
-
-
-def smoothed_conditional_kl(var_f: Tensor, var_p: Tensor, mu_s: Tensor, var_s: Tensor, A: Tensor, b: Tensor,
-                            var_dyn: Tensor, z_s: Tensor, min_var: float = COND_VAR_FLOOR) -> Tensor:
-    """KL( q(z_t | z_{t-1} = ẑ_{t-1}, w) ‖ N(A_{t-1} ẑ_{t-1} + b_{t-1}, var_dyn_{t-1}) ) for t = 1..T-1.
-
-    The KL term of the smoothing ELBO (VRKN; KalMamba digest §5.1): ẑ = z_s (B, T, D) is a sample of the smoothed
-    marginals. Other arguments as in `smoothed_conditional`, b (B, T, D) the transition offset. The conditional
-    variance is floored at `min_var` (only against float underflow; it is positive by construction).
-    Returns (B, T-1), summed over D.
-    """
-    cond_mean, cond_var = smoothed_conditional(var_f, var_p, mu_s, var_s, A, var_dyn, z_s)
-    prior_mean = A[:, :-1] * z_s[:, :-1] + b[:, :-1]
-    return diag_gaussian_kl(cond_mean, cond_var.clamp(min=min_var), prior_mean, var_dyn[:, :-1])
-
-
-# ------------------------------------------------------------------------------------------------------------------
 # Model
 # ------------------------------------------------------------------------------------------------------------------
 
@@ -164,7 +121,8 @@ def check_batch(obs: Tensor, prev_actions: Tensor, rewards: Tensor | None, obs_s
 
 
 class LocallyLinearTransition(nn.Module):
-    """(μ⁺_{t-1} (B, D), a_{t-1} (B, A)) -> (A_t, b_t, var_dyn_t), each (B, D), with MC dropout (digest §9.1)."""
+    """(μ⁺_{t-1} (B, D), a_{t-1} (B, A)) -> (A_t, b_t, var_dyn_t), each (B, D), with MC dropout (VRKN's
+    `TransitionFactory`)."""
 
     def __init__(self, latent_dim: int, action_dim: int, cfg: VRKNConfig):
         super().__init__()
@@ -194,33 +152,33 @@ class VRKN(nn.Module):
         if cfg.smoother not in KALMAN_METHODS:
             raise ValueError(f"smoother: must be one of {KALMAN_METHODS}, got {cfg.smoother!r}")
         self.cfg, self.obs_shape, self.action_dim = cfg, tuple(obs_shape), action_dim
-        self.image = is_image(self.obs_shape)
-        self.obs_event_dims = len(self.obs_shape)
         D = cfg.latent_dim
         self.feature_dim = D
+        self.latent = LatentObservation(self.obs_shape, D, mlp_hidden_dim=cfg.mlp_hidden_dim,
+                                        conv_depth=cfg.conv_depth, mlp_layers=cfg.mlp_layers,
+                                        obs_var_init=cfg.obs_var_init, obs_var_min=cfg.obs_var_min,
+                                        init_var=cfg.init_var, init_var_min=cfg.init_var_min)
+        self.register_load_state_dict_pre_hook(LatentObservation.load_legacy_keys)
+        self.image, self.obs_event_dims = self.latent.image, self.latent.obs_event_dims
         self.reward_loss_scale = reward_scale_for(cfg.reward_loss_scale, self.image)
-
-        self.encoder, embed_dim = make_encoder(self.obs_shape, cfg.mlp_hidden_dim, cfg.conv_depth, cfg.mlp_layers)
-        self.w_head = nn.Linear(embed_dim, D)
-        self.var_w_head = nn.Linear(embed_dim, D)
-        self.register_buffer("mu0", torch.zeros(D))
-        self.raw_var0 = nn.Parameter(torch.zeros(D))
         self.transition = LocallyLinearTransition(D, action_dim, cfg)
         self.decoder = make_decoder(D, self.obs_shape, cfg.mlp_hidden_dim, cfg.conv_depth, cfg.mlp_layers)
         self.reward_head = mlp(D, 1, cfg.reward_hidden_dim, cfg.reward_layers, act=nn.ELU)
 
     # ---- pieces -------------------------------------------------------------------------------------------------
     @property
+    def mu0(self) -> Tensor:
+        """Initial-state mean μ_0 = 0 (D,)."""
+        return self.latent.mu0
+
+    @property
     def var0(self) -> Tensor:
         """Learned initial-state variance σ²_0 (D,)."""
-        return softplus_positive(self.raw_var0, self.cfg.init_var, self.cfg.init_var_min)
+        return self.latent.var0
 
     def latent_obs(self, obs: Tensor, dequantize: bool) -> tuple[Tensor, Tensor, Tensor]:
         """obs (B, T, *obs_shape) -> (decoder target (B, T, *obs_shape), w (B, T, D), var_w (B, T, D))."""
-        target = obs_to_target(obs, self.image, dequantize).to(self.w_head.weight.dtype)
-        e = over_time(self.encoder, target, self.obs_event_dims)
-        var_w = softplus_positive(self.var_w_head(e), self.cfg.obs_var_init, self.cfg.obs_var_min)
-        return target, self.w_head(e), var_w
+        return self.latent(obs, dequantize)
 
     def filter(self, w: Tensor, var_w: Tensor, prev_actions: Tensor) -> dict[str, Tensor]:
         """Sequential Kalman filter with the locally linear transition.

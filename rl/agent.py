@@ -20,9 +20,9 @@ parameter, optimiser state or RNG stream, so a run's training is the same with o
 Acting runs the model's one-step `observe` from `initial_state()` in eval() mode; the acting state carries
 the model's state and the previous action.
 
-Observation normalisation (CoRAL, digest §10): with `normalize_obs` (world models on state vectors), the world
-model sees (o - mean) / std, the statistics fitted once on the initial random-policy episodes
-(`fit_obs_normalizer`) and saved with the agent. Noise enters before it, inside the environment. Plain SAC
+Observation normalisation (CoRAL; docs/paper-notes.md#sac-on-beliefs): with `normalize_obs` (world models on
+state vectors), the world model sees (o - mean) / std, the statistics fitted once on the initial random-policy
+episodes (`fit_obs_normalizer`) and saved with the agent. Noise enters before it, inside the environment. Plain SAC
 and pixel inputs are not normalised.
 """
 from __future__ import annotations

@@ -55,10 +55,11 @@ class RunConfig:
     (config.json, eval.csv, train.csv, checkpoint.pt, DONE). `--model.*` lists the fields of the method's model
     config: `--method M --help` shows those of M. `--config FILE.yaml`: the same keys in a YAML file (`model:` and
     `sac:` as mappings); flags win."""
-    method: str                       # kalmamba, kalmamba_no_mamba, kalmamba_no_dropout, kalmamba_no_reg, rssm, vrkn, sac
+    method: str                       # a method of rl/methods.py, or of the --plugin file
     task: str                         # dm_control `domain-task`, e.g. walker-walk
     obs: str                          # pixels | state | noisy_state
     out: str                          # run directory
+    plugin: str = ""                  # Python file registering --method (examples/own_method.py); loaded first
     context_length: int = 32          # L of the training sub-sequences (>= 2, at most an episode's steps + 1)
     seed: int = 0
     env_steps: int = 1_000_000        # budget in simulator steps (agent steps x action repeat)
@@ -84,6 +85,8 @@ class RunConfig:
         """ValueError naming the first bad field. Fills `model` and `sac` with the method's defaults where None."""
         from models.sac import SACConfig
 
+        if self.plugin:
+            methods.load_plugin(self.plugin)                   # registers its method before the name is checked
         model_cls = methods.model_config_class(self.method)   # unknown method / dreamerv3 -> its own message
         for name, check in (("task", envs.parse_task), ("obs", envs.check_obs_type)):
             try:
@@ -196,10 +199,12 @@ def parse_args(argv: list[str] | None = None) -> RunConfig:
 def load(argv: list[str]) -> RunConfig:
     """`parse_args` without exiting: ValueError with one line naming the bad flag or value."""
     argv = list(argv)
-    # Flags that are not RunConfig fields are taken out here, before the method is resolved and tyro sees the rest.
-    config_file = pop_flag(argv, "--config")
+    config_file = pop_flag(argv, "--config")   # not a RunConfig field: its file becomes flags before argv's
     if config_file is not None:
         argv = as_flags(load_yaml(config_file)) + argv
+    plugin = last_value(argv, "--plugin")
+    if plugin:
+        methods.load_plugin(plugin)   # before the method is resolved: it registers a method name and its config
     asks_help = "-h" in argv or "--help" in argv
     method = last_value(argv, "--method") or ("kalmamba" if asks_help else None)
     if method is None:

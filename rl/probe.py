@@ -1,7 +1,7 @@
 """Belief-quality probe: how much of the true simulator state a linear read-out recovers from what the agent acts on.
 
-KalMamba's premise (paper §1, §3) is that its filtered belief holds the state better than the noisy observation
-does. This module measures that directly, at every evaluation of a `state` or `noisy_state` run:
+KalMamba's premise (the paper's abstract and Fig. 1) is that its filtered belief holds the state better than the
+noisy observation does. This module measures that directly, at every evaluation of a `state` or `noisy_state` run:
 
 1. On each evaluation episode, at every acting step t, record the agent's features f_t (what SAC's actor sees:
    the world model's filtered belief; for plain `sac`, the observation itself), the observation o_t the agent saw,

@@ -14,12 +14,9 @@ rewritten whole from rows held in the checkpoint, so after a restart they agree 
 """
 from __future__ import annotations
 
-import datetime
 import json
 import platform
 import shutil
-import socket
-import subprocess
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -30,8 +27,7 @@ import torch
 
 from rl.io import atomic_save, atomic_to_csv, atomic_write_text
 from rl.probe import PROBE_COLUMNS
-
-EVAL_COLUMNS = ["env_step", "wall_clock_s", "return_mean", "return_std", "episodes"]
+from rl.run_contract import EVAL_COLUMNS, provenance as provenance_block
 # What rl/train.py's snapshot holds; a checkpoint without one of them is not a kalbench checkpoint.
 CHECKPOINT_KEYS = ("config", "agent", "rng", "counters", "wall_clock_s", "replay_episodes", "eval_rows", "train_rows",
                    "log_acc")
@@ -57,20 +53,6 @@ def checkpoint_safe(obj: Any) -> Any:
 PACKAGES = ("torch", "numpy", "dm_control", "mujoco", "pandas", "kalbench", "mamba_ssm")
 
 
-def git_commit(repo: Path = Path(__file__).resolve().parent.parent) -> dict[str, Any]:
-    """Commit of the code that runs, and whether tracked files differ from it."""
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    commit = git("rev-parse", "HEAD")
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": commit, "git_dirty": None if status is None else bool(status)}
-
-
 def package_versions() -> dict[str, str | None]:
     versions = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -88,12 +70,8 @@ def device_description(device: torch.device) -> str:
 
 
 def provenance(device: torch.device, seed: int) -> dict[str, Any]:
-    return {**git_commit(), "packages": package_versions(), "device": device_description(device),
-            "hostname": socket.gethostname(), "start_time": now(), "seed": seed}
-
-
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    """config.json's provenance block (rl/run_contract.py) for a run of rl/train.py on `device`."""
+    return provenance_block(seed, device_description(device), package_versions())
 
 
 class RunDir:

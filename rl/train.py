@@ -46,9 +46,10 @@ from rl.config import RunConfig, parse_args, requested_obs
 from rl.envs import make_env
 from rl.probe import ProbeRecorder, recorder_for
 from rl.replay import EpisodeReplay
+from rl.run_contract import EVAL_STREAM, TRAIN_STREAM, episode_seed
 from rl.rundir import InvalidCheckpoint, RunDir, provenance
 
-TRAIN_STREAM, EVAL_STREAM = 0, 1
+# Streams 0, 1 seed the training and evaluation episodes (rl/run_contract.py); 2, 3 replay sampling and random actions
 DIAG_STREAM = 4   # the diagnostics batch of each train.csv row: its own generator, never the training one
 # config fields that may change when a run is restarted (they do not change its results)
 RESTART_MAY_CHANGE = ("out", "device", "torch_threads", "wall_clock_hours", "keep_replay")
@@ -102,11 +103,6 @@ def resolve_device(name: str) -> torch.device:
         raise ValueError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s) "
                          f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
     return device
-
-
-def episode_seed(seed: int, stream: int, *index: int) -> int:
-    """A 32-bit seed for one episode, derived from the run seed, the stream (train/eval) and its index."""
-    return int(np.random.SeedSequence([seed, stream, *index]).generate_state(1)[0])
 
 
 def round_half_up(x: float) -> int:
@@ -382,6 +378,19 @@ class Trainer:
         return reason
 
 
+def with_recorded_plugin(argv: list[str]) -> list[str]:
+    """`argv`, plus `--plugin FILE` where it has none and its --out directory holds a run of a plugin's method
+    (config.json's `plugin`): the same command without --plugin resumes that run."""
+    out = render.flag_value(argv, "--out")
+    if render.flag_value(argv, "--plugin") is not None or out is None:
+        return argv
+    try:
+        recorded = (RunDir(out).read_config() or {}).get("plugin")
+    except (OSError, ValueError):
+        return argv   # not a run directory we can read: the run itself reports it
+    return [*argv, "--plugin", recorded] if recorded else argv
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:   # before dm_control is imported (parse_args imports it to check the task)
@@ -389,7 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     except render.RendererUnavailable as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    cfg = parse_args(argv)
+    cfg = parse_args(with_recorded_plugin(argv))
     rundir = RunDir(cfg.out)
     if rundir.is_done():
         print(f"{rundir.path} is complete (DONE: {rundir.read_done()}); nothing to do", flush=True)

@@ -7,6 +7,7 @@ import statistics
 import pytest
 
 from benchmarks import update_step as bench
+from rl import methods as registry
 
 ROW_KEYS = {"method", "context_length", "batch_size", "device", "forward_s", "update_s", "peak_mem_mb"}
 
@@ -26,7 +27,7 @@ def test_quick_run_writes_the_documented_json_and_fig6_reads_it(tmp_path, capsys
     cfg = data["config"]
     assert cfg["context_lengths"] == bench.QUICK["context_lengths"] and cfg["batch_size"] == bench.QUICK["batch_size"]
     rows = data["results"]
-    assert [(r["method"], r["context_length"]) for r in rows] == [(m, T) for m in bench.METHODS
+    assert [(r["method"], r["context_length"]) for r in rows] == [(m, T) for m in registry.benchmarked()
                                                                   for T in bench.QUICK["context_lengths"]]
     for r in rows:
         assert ROW_KEYS <= set(r) and r["status"] == "ok"
@@ -58,7 +59,7 @@ def test_quick_run_writes_the_documented_json_and_fig6_reads_it(tmp_path, capsys
 
     fig = update_step_figure(data)
     forward_ax, update_ax = fig.axes[:2]
-    assert len(forward_ax.get_lines()) == len(update_ax.get_lines()) == len(bench.METHODS)
+    assert len(forward_ax.get_lines()) == len(update_ax.get_lines()) == len(registry.benchmarked())
     for line in update_ax.get_lines():
         assert list(line.get_xdata()) == bench.QUICK["context_lengths"]
     plt.close(fig)
@@ -69,7 +70,7 @@ def test_set_overrides_one_method_s_model_config(tmp_path):
                      "--set", "kalmamba.d_state=3", "--set", "vrkn.dropout=0.0", "--context-lengths", "3")
     models = data["config"]["models"]
     assert models["kalmamba"]["model"]["d_state"] == 3 and models["vrkn"]["model"]["dropout"] == 0.0
-    assert models["vrkn"]["model"]["hidden_dim"] == bench.QUICK_MODEL["vrkn"]["hidden_dim"]
+    assert models["vrkn"]["model"]["hidden_dim"] == bench.QUICK_SIZES["hidden_dim"]
     assert data["config"]["set"] == {"kalmamba": {"d_state": 3}, "vrkn": {"dropout": 0.0}}
 
 

@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 from tests import world_model_checks
-from models.kalman import kalman_smoother
+from models.kalman import kalman_smoother, smoothed_conditional_kl
 from models.diagnostics import feature_scale, gradient_norms, kalman_gain_stats, kl_active_fraction
 from models.kalmamba import KalMamba, KalMambaConfig
 from models.rssm import RSSM, RSSMConfig
 from models.sac import SAC, SACConfig
-from models.vrkn import VRKN, VRKNConfig, smoothed_conditional_kl
+from models.vrkn import VRKN, VRKNConfig
 from rl.agent import Agent
 
 OBS, ACT = 5, 2

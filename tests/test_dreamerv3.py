@@ -357,7 +357,7 @@ def test_task_names_both_ways():
 
 def test_eval_episode_seeds_match_rl_train():
     """Evaluation episode i of evaluation e has the seed rl/train.py gives it: all methods see the same episodes."""
-    from rl.train import EVAL_STREAM, episode_seed
+    from rl.run_contract import EVAL_STREAM, episode_seed
 
     for seed, number, i in [(0, 0, 0), (3, 7, 19), (11, 2, 5)]:
         assert tasks.episode_seed(seed, "eval", number, i) == episode_seed(seed, EVAL_STREAM, number, i)

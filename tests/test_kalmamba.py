@@ -340,7 +340,7 @@ def test_stop_gradient_inside_the_loss_keeps_the_regulariser_off_the_observation
     model = make(dtype=torch.float64, reg_detach_belief=detach).eval()
     obs, pa, r = batch(B=2, T=5, dtype=torch.float64)
     _, terms = model.loss(obs, pa, r)
-    g_var_head, g_backbone = torch.autograd.grad(terms["loss_reg"], (model.var_w_head.weight, model.m_proj.weight),
+    g_var_head, g_backbone = torch.autograd.grad(terms["loss_reg"], (model.latent.var_w_head.weight, model.m_proj.weight),
                                                  allow_unused=True)
     assert g_backbone is not None and g_backbone.abs().sum() > 0
     if detach:
@@ -378,7 +378,7 @@ def test_regulariser_mean_is_sum_over_latent_dim_divided_by_D_in_value_and_gradi
 
 @pytest.mark.parametrize("seed", range(5))
 def test_regulariser_never_pulls_the_filtered_variance_down(seed):
-    """The variance-inflation channel (fidelity review D1): ∂R/∂Σ⁺ = −(m − μ⁺)² / Σ⁺² ≤ 0 elementwise, here
+    """The variance-inflation channel (docs/paper-notes.md#stop-gradient): ∂R/∂Σ⁺ = −(m − μ⁺)² / Σ⁺² ≤ 0 elementwise, here
     against that formula for the summed form with α = 1 averaged over (b, t)."""
     m, mu_f, var_f = random_belief(B=4, T=6, D=5, seed=seed)
     _, reg = make(reg_reduction="sum", reg_alpha=1.0).regulariser(m, mu_f, var_f)

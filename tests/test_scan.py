@@ -1,5 +1,7 @@
 """models/scan.py: the associative scan equals a plain cumulative loop, for any length, forward and reverse,
 with tuple elements and non-commutative operators (affine maps, 2x2 matrix products)."""
+from typing import NamedTuple
+
 import pytest
 import torch
 
@@ -19,6 +21,17 @@ def matmul_combine(earlier, later):
     """Products of 2x2 matrices, later @ earlier (non-commutative)."""
     (m1,), (m2,) = earlier, later
     return (m2 @ m1,)
+
+
+class Affine(NamedTuple):
+    """x -> a x + c."""
+    a: torch.Tensor
+    c: torch.Tensor
+
+
+def named_affine_combine(earlier: Affine, later: Affine) -> Affine:
+    assert isinstance(earlier, Affine) and isinstance(later, Affine)
+    return Affine(a=later.a * earlier.a, c=later.a * earlier.c + later.c)
 
 
 def loop_scan(combine, elems, dim, reverse):
@@ -160,3 +173,19 @@ def test_torch_generic_scan_wrapper_matches_loop(T, reverse):
     want = loop_scan(affine_combine, (a, c), dim=1, reverse=reverse)
     for g, w in zip(got, want):
         torch.testing.assert_close(g, w, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("scan", [associative_scan, torch_associative_scan], ids=["ours", "torch"])
+@pytest.mark.parametrize("reverse", [False, True])
+def test_named_tuple_elements_reach_combine_and_come_back(scan, reverse):
+    """A NamedTuple keeps its type through the scan (models/kalman.py's FilterElement, SmootherElement); the values
+    equal the plain-tuple scan's."""
+    if scan is torch_associative_scan and not _torch_scan_available():
+        pytest.skip("torch has no prototype associative_scan")
+    gen = torch.Generator().manual_seed(5)
+    a, c = random_affine(9, gen, shape=(2, 3))
+    got = scan(named_affine_combine, Affine(a, c), dim=1, reverse=reverse)
+    want = loop_scan(affine_combine, (a, c), dim=1, reverse=reverse)
+    assert isinstance(got, Affine)
+    torch.testing.assert_close(got.a, want[0], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got.c, want[1], rtol=1e-12, atol=1e-12)

@@ -6,12 +6,13 @@ import math
 import pytest
 import torch
 from torch import nn
-from torch.distributions import MultivariateNormal, Normal, kl_divergence
+from torch.distributions import Normal, kl_divergence
 
 from tests import world_model_checks
 from tests.world_model_checks import loss_before_and_after_adam
 from models.kalman import kalman_filter
-from models.vrkn import VRKN, VRKNConfig, smoothed_conditional, smoothed_conditional_kl
+from models.vrkn import VRKN, VRKNConfig
+from tests.dense_lgssm import dense_conditional, dense_posterior, random_lgssm
 
 SMALL = VRKNConfig(latent_dim=5, hidden_dim=16, conv_depth=4, mlp_hidden_dim=16, reward_hidden_dim=16)
 ACTION_DIM = 3
@@ -32,55 +33,6 @@ class FixedTransition(nn.Module):
         k = len(self.calls)
         self.calls.append((mu.detach().clone(), a.detach().clone()))
         return self.A[:, k], self.b[:, k], self.var_dyn[:, k]
-
-
-def random_lgssm(B, T, D, seed, dtype=torch.float64):
-    g = torch.Generator().manual_seed(seed)
-    A = 0.1 + 0.89 * torch.rand(B, T, D, generator=g, dtype=dtype)
-    b = torch.randn(B, T, D, generator=g, dtype=dtype)
-    var_dyn = 0.05 + torch.rand(B, T, D, generator=g, dtype=dtype)
-    return A, b, var_dyn
-
-
-# ------------------------------------------------------------------------------------------------------------------
-# dense reference: the joint Gaussian of z_{0..T-1} and w_{0..T-1}, conditioned on w (per batch and dimension)
-# ------------------------------------------------------------------------------------------------------------------
-
-def dense_posterior(w, var_w, A, b, var_dyn, mu0, var0):
-    """Exact p(z_{0..T-1} | w) of the diagonal LGSSM from its joint Gaussian. Inputs (B, T, D), mu0/var0 (D,).
-    Returns mean (B, D, T) and covariance (B, D, T, T)."""
-    B, T, D = w.shape
-    m = torch.empty(B, D, T, dtype=w.dtype)
-    K = torch.zeros(B, D, T, T, dtype=w.dtype)
-    m[..., 0], K[..., 0, 0] = mu0, var0
-    for t in range(1, T):
-        a, bb, q = A[:, t - 1], b[:, t - 1], var_dyn[:, t - 1]          # (B, D), z_{t-1} -> z_t
-        m[..., t] = a * m[..., t - 1] + bb
-        K[..., t, t] = a * a * K[..., t - 1, t - 1] + q
-        for s in range(t):                                              # Cov(z_s, z_t) = A_{t-1} Cov(z_s, z_{t-1})
-            K[..., s, t] = K[..., t, s] = a * K[..., s, t - 1]
-    S = K + torch.diag_embed(var_w.transpose(1, 2))
-    gain = torch.linalg.solve(S, K).transpose(-1, -2)                  # K S^-1 (S, K symmetric)
-    mean = m + (gain @ (w.transpose(1, 2) - m).unsqueeze(-1)).squeeze(-1)
-    cov = K - gain @ K
-    return mean, cov
-
-
-def dense_conditional(mean, cov, z_prev):
-    """q(z_t | z_{t-1}) of the pairwise marginal of (z_{t-1}, z_t), t = 1..T-1. z_prev (B, T, D) -> (B, T-1, D)."""
-    var_t = torch.diagonal(cov, dim1=-2, dim2=-1)                      # (B, D, T)
-    cross = torch.diagonal(cov, offset=1, dim1=-2, dim2=-1)            # Cov(z_{t-1}, z_t), (B, D, T-1)
-    gain = cross / var_t[..., :-1]
-    cm = mean[..., 1:] + gain * (z_prev.transpose(1, 2)[..., :-1] - mean[..., :-1])
-    cv = var_t[..., 1:] - gain * cross
-    return cm.transpose(1, 2), cv.transpose(1, 2)
-
-
-def kalman_quantities(w, var_w, A, b, var_dyn, mu0, var0):
-    from models.kalman import kalman_smoother
-    mu_f, var_f, mu_p, var_p = kalman_filter(w, var_w, A, b, var_dyn, mu0, var0, method="sequential")
-    mu_s, var_s = kalman_smoother(mu_f, var_f, mu_p, var_p, A, method="sequential")
-    return mu_f, var_f, mu_p, var_p, mu_s, var_s
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -168,7 +120,7 @@ def test_filter_with_fixed_transition_equals_kalman_filter_sequential():
     B, T, D = 3, 7, SMALL.latent_dim
     model = VRKN((7,), ACTION_DIM, SMALL).double()
     with torch.no_grad():
-        model.raw_var0.copy_(torch.randn(D, dtype=torch.float64))
+        model.latent.raw_var0.copy_(torch.randn(D, dtype=torch.float64))
     A, b, var_dyn = random_lgssm(B, T, D, seed=1)
     model.transition = FixedTransition(A[:, :-1], b[:, :-1], var_dyn[:, :-1])
     g = torch.Generator().manual_seed(2)
@@ -185,53 +137,6 @@ def test_filter_with_fixed_transition_equals_kalman_filter_sequential():
     for k, (mu_in, a_in) in enumerate(model.transition.calls):
         torch.testing.assert_close(mu_in, out["mu_f"][:, k], rtol=0, atol=0)
         torch.testing.assert_close(a_in, prev_actions[:, k + 1], rtol=0, atol=0)
-
-
-def test_smoothed_conditional_and_kl_match_dense_joint_gaussian():
-    B, T, D = 2, 6, 3
-    A, b, var_dyn = random_lgssm(B, T, D, seed=3)
-    g = torch.Generator().manual_seed(4)
-    w = torch.randn(B, T, D, generator=g, dtype=torch.float64)
-    var_w = torch.rand(B, T, D, generator=g, dtype=torch.float64) + 0.1
-    mu0, var0 = torch.randn(D, generator=g, dtype=torch.float64), torch.rand(D, generator=g, dtype=torch.float64) + 0.5
-    mu_f, var_f, mu_p, var_p, mu_s, var_s = kalman_quantities(w, var_w, A, b, var_dyn, mu0, var0)
-    mean, cov = dense_posterior(w, var_w, A, b, var_dyn, mu0, var0)
-    # the smoothed marginals themselves (sanity of the reference)
-    torch.testing.assert_close(mu_s, mean.transpose(1, 2))
-    torch.testing.assert_close(var_s, torch.diagonal(cov, dim1=-2, dim2=-1).transpose(1, 2))
-
-    z = mu_s + var_s.sqrt() * torch.randn(B, T, D, generator=g, dtype=torch.float64)
-    cm, cv = smoothed_conditional(var_f, var_p, mu_s, var_s, A, var_dyn, z)
-    ref_cm, ref_cv = dense_conditional(mean, cov, z)
-    torch.testing.assert_close(cm, ref_cm)
-    torch.testing.assert_close(cv, ref_cv)
-
-    kl = smoothed_conditional_kl(var_f, var_p, mu_s, var_s, A, b, var_dyn, z)
-    prior = Normal(A[:, :-1] * z[:, :-1] + b[:, :-1], var_dyn[:, :-1].sqrt())
-    ref_kl = kl_divergence(Normal(ref_cm, ref_cv.sqrt()), prior).sum(-1)
-    assert kl.shape == (B, T - 1)
-    torch.testing.assert_close(kl, ref_kl)
-
-
-def test_smoothed_conditional_is_the_joint_conditional_of_a_2d_gaussian():
-    """Direct check of the pairwise formula with torch's multivariate normal: for one dimension and T = 2, the
-    conditional of the smoothed joint (z_0, z_1) equals the conditional of the exact 2-D posterior Gaussian."""
-    A, b, q = torch.tensor([[[0.7], [1.0]]]), torch.tensor([[[0.3], [0.0]]]), torch.tensor([[[0.2], [1.0]]])
-    w, var_w = torch.tensor([[[0.5], [-1.0]]]), torch.tensor([[[0.4], [0.3]]])
-    mu0, var0 = torch.tensor([0.1]), torch.tensor([1.5])
-    A, b, q, w, var_w, mu0, var0 = (x.double() for x in (A, b, q, w, var_w, mu0, var0))
-    _, var_f, _, var_p, mu_s, var_s = kalman_quantities(w, var_w, A, b, q, mu0, var0)
-    # exact joint posterior of (z0, z1) from the information form
-    prec = torch.tensor([[1 / var0.item() + A[0, 0, 0] ** 2 / q[0, 0, 0] + 1 / var_w[0, 0, 0], -A[0, 0, 0] / q[0, 0, 0]],
-                         [-A[0, 0, 0] / q[0, 0, 0], 1 / q[0, 0, 0] + 1 / var_w[0, 1, 0]]], dtype=torch.float64)
-    cov = torch.linalg.inv(prec)
-    post = MultivariateNormal(torch.zeros(2, dtype=torch.float64), covariance_matrix=cov)
-    z0 = torch.tensor(0.8, dtype=torch.float64)
-    _, cv = smoothed_conditional(var_f, var_p, mu_s, var_s, A, q, torch.full_like(mu_s, z0.item()))
-    ref_cv = post.covariance_matrix[1, 1] - post.covariance_matrix[0, 1] ** 2 / post.covariance_matrix[0, 0]
-    torch.testing.assert_close(cv[0, 0, 0], ref_cv)
-    # and the conditional variance equals 1 / (posterior precision of z1), as for any 2-D Gaussian
-    torch.testing.assert_close(cv[0, 0, 0], 1 / prec[1, 1])
 
 
 def test_elbo_terms_match_dense_reference(monkeypatch):

@@ -117,8 +117,10 @@ def _del(cfg: dict, path: str) -> None:
 BAD_CONFIGS = {
     # name: (change to config/smoke.yaml, words the message must contain)
     "unknown top-level key": (lambda c: _set(c, "seed", [0]), ["'seed' was unexpected"]),
-    "unknown method": (lambda c: c["experiments"]["pixels"]["methods"].append("kalmanba"),
-                       ["experiments.pixels.methods[6]", "'kalmanba' is not one of"]),
+    "method name not a name": (lambda c: c["experiments"]["pixels"]["methods"].append("Kal Mamba"),
+                               ["experiments.pixels.methods[6]", "'Kal Mamba' does not match"]),
+    "plugin not a Python file": (lambda c: _set(c, "plugins", ["examples/own_method.txt"]),
+                                 ["plugins[0]", "does not match"]),
     "unknown observation type": (lambda c: _set(c, "experiments.pixels.obs", "pixel"),
                                  ["experiments.pixels.obs", "'pixel' is not one of"]),
     "task not domain-task": (lambda c: _set(c, "experiments.noisy_state.tasks", ["walker_walk"]),
@@ -131,8 +133,6 @@ BAD_CONFIGS = {
     "a grid field under train": (lambda c: _set(c, "train.seed", 3), ["train", "'seed' should not be valid"]),
     "memory as text": (lambda c: _set(c, "resources.train.mem_mb", "2G"),
                        ["resources.train.mem_mb", "'2G' is not of type 'integer'"]),
-    "benchmark method without a world model": (lambda c: _set(c, "benchmark.methods", ["sac"]),
-                                               ["benchmark.methods[0]", "'sac' is not one of"]),
 }
 
 
@@ -252,24 +252,63 @@ def test_a_run_the_run_cli_refuses_stops_the_study_before_any_job(case, tmp_path
     assert not (tmp_path / "results").exists()
 
 
-def _smk_literal(name: str):
-    """The value of a literal assignment `NAME = ...` in workflow/rules/common.smk."""
-    tree = ast.parse((ROOT / "workflow/rules/common.smk").read_text().split("\nwildcard_constraints:")[0])
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", None) == name:
-            return ast.literal_eval(node.value)
-    raise KeyError(name)
+# ---------------------------------------------------------------------------------------------------------------
+# methods: rl/methods.py and the study's plugins
+
+EXAMPLE_PLUGIN = str(ROOT / "examples" / "own_method.py")
+BAD_METHODS = {
+    # name: (change to a tiny study, the one-line message)
+    "unknown method": (lambda c: c["experiments"]["noisy_state"]["methods"].append("kalmanba"),
+                       "experiments.noisy_state.methods: unknown method 'kalmanba'; valid methods: kalmamba, rssm, "
+                       "vrkn, sac, dreamerv3, kalmamba_no_mamba"),
+    "a plugin's method without its plugin": (lambda c: c["experiments"]["noisy_state"]["methods"].append("gru"),
+                                              "unknown method 'gru'"),
+    "benchmark of an external method": (lambda c: _set(c, "benchmark", {"context_lengths": [4], "batch_size": 2,
+                                                                        "methods": ["dreamerv3"]}),
+                                        "benchmark.methods: method 'dreamerv3' is not timed by the update "
+                                        "benchmark; valid: kalmamba, "),
+    "no such plugin file": (lambda c: _set(c, "plugins", ["nowhere/mine.py"]),
+                            "plugins: plugin 'nowhere/mine.py': no such Python file"),
+    "model settings no method reads": (lambda c: _set(c, "model.gur", {"latent_dim": 8}),
+                                       "model.gur: no method reads it; valid keys: kalmamba, rssm, vrkn, sac"),
+}
 
 
-def test_workflow_method_tables_match_rl_methods():
-    from rl import methods
+@pytest.mark.parametrize("case", list(BAD_METHODS))
+def test_a_method_name_the_registry_lacks_stops_the_study_in_one_line(case, tmp_path):
+    change, message = BAD_METHODS[case]
+    cfg = tiny_study("names", [("rssm", 0)])
+    change(cfg)
+    study = write_study(tmp_path / "names.yaml", cfg)
+    out = snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(study),
+                    "-n", "--cores", "1")
+    assert out.returncode != 0
+    line = next((ln for ln in out.stdout.splitlines() if "Invalid study config" in ln), "")
+    assert line.startswith(f"Invalid study config ({study}): ") and message in line, out.stdout[-3000:]
 
-    schema = yaml.safe_load(SCHEMA.read_text())
-    assert _smk_literal("ALL_METHODS") == list(methods.ALL_METHODS)
-    assert schema["$defs"]["experiment"]["properties"]["methods"]["items"]["enum"] == list(methods.ALL_METHODS)
-    assert _smk_literal("MODEL_FAMILY") == {m: methods.model_family(m) for m in methods.METHODS}
-    assert _smk_literal("ABLATED_FIELD") == {m: k for m in methods.METHODS for k in methods.ablation_switch(m)}
-    assert set(schema["properties"]["model"]["properties"]) == {methods.model_family(m) for m in methods.METHODS}
+
+def test_a_study_with_a_plugin_schedules_configures_and_times_its_method(tmp_path):
+    """Issue 14: `plugins: [examples/own_method.py]` is the only change that puts `gru` in a study: its runs are
+    train jobs that load the plugin and get `model.gru`, the benchmark loads (and so times) it, and the analysis
+    plans its figures like any method's."""
+    cfg = tiny_study("plugin", [("rssm", 0), ("gru", 0), ("gru", 1)])   # the grid: 2 methods x 2 seeds
+    cfg["plugins"] = [EXAMPLE_PLUGIN]
+    cfg["model"]["gru"] = {"latent_dim": 8, "mlp_hidden_dim": 16}
+    cfg["benchmark"] = {"context_lengths": [4], "batch_size": 2, "quick": True}
+    study = write_study(tmp_path / "plugin.yaml", cfg)
+    out = snakemake("-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path), "--configfile", str(study),
+                    "-n", "-p", "--cores", "1")
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert job_stats(out.stdout)["train"] == 4
+    train = [ln for ln in out.stdout.splitlines() if " -m rl.train " in ln]
+    gru = [shlex.split(ln.split(" python ", 1)[1].split(" > ")[0]) for ln in train if "--method gru" in ln]
+    assert len(gru) == 2
+    for words in gru:
+        assert words[words.index("--plugin") + 1] == EXAMPLE_PLUGIN
+        assert words[words.index("--model.latent_dim") + 1] == "8"
+    assert not [ln for ln in train if "--method rssm" in ln and "--plugin" in ln]
+    bench = next(ln for ln in out.stdout.splitlines() if " -m benchmarks.update_step " in ln)
+    assert f"--plugin {EXAMPLE_PLUGIN}" in bench
 
 
 # ---------------------------------------------------------------------------------------------------------------

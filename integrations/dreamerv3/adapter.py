@@ -19,19 +19,16 @@ kalbench file as a number: an evaluation or a training-episode score whose retur
 a warning naming the log line's step; any other value that is not finite (wall clock, return_std, a loss, fps)
 is written as an empty cell (missing), with a warning; DONE writes `null` for a value it does not know.
 
-Every file is written with rl/io.py (temp file in the same directory, fsync, rename). This module needs pandas
-and the standard library only: it runs in DreamerV3's environment and in kalbench's.
+Every file is written with rl/io.py (temp file in the same directory, fsync, rename). This module needs pandas,
+numpy and the standard library only (no torch; eval columns and provenance from rl/run_contract.py): it runs in
+DreamerV3's environment and in kalbench's.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import logging
 import math
-import platform
-import socket
-import subprocess
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -39,9 +36,9 @@ import numpy as np
 import pandas as pd
 
 from rl.io import atomic_to_csv, atomic_write_text
+from rl.run_contract import EVAL_COLUMNS, provenance
 
 log = logging.getLogger(__name__)
-EVAL_COLUMNS = ["env_step", "wall_clock_s", "return_mean", "return_std", "episodes"]
 DONE_REASONS = ("env_steps", "wall_clock")
 
 # Names the launcher logs through DreamerV3's logger (one set per evaluation, one per log interval).
@@ -207,31 +204,6 @@ def last_step(records: Iterable[dict[str, Any]]) -> int:
 
 
 # ---------------------------------------------------------------- writing
-def now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-
-
-def kalbench_commit() -> dict[str, Any]:
-    """The kalbench commit that ran, and whether tracked files differed from it (as rl/rundir.py records)."""
-    repo = Path(__file__).resolve().parents[2]
-
-    def git(*args: str) -> str | None:
-        try:
-            return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
-                                  timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
-
-    status = git("status", "--porcelain", "--untracked-files=no")
-    return {"git_commit": git("rev-parse", "HEAD"), "git_dirty": None if status is None else bool(status)}
-
-
-def provenance(seed: int, device: str, packages: dict[str, str | None]) -> dict[str, Any]:
-    """The provenance block of config.json (the keys rl/rundir.py writes for every other method)."""
-    return {**kalbench_commit(), "packages": {"python": platform.python_version(), **packages},
-            "device": device, "hostname": socket.gethostname(), "start_time": now(), "seed": seed}
-
-
 def _json(data: Any) -> str:
     return json.dumps(data, indent=2, default=_jsonable) + "\n"
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from rl import run_contract
+
 # dm_control suite domains whose name has an underscore: the split of `dmc_<domain>_<task>` has to know them.
 MULTIWORD_DOMAINS = ("ball_in_cup", "point_mass")
 # DreamerV3's own DMC environment spells ball_in_cup as `cup` (embodied/envs/dmc.py at the pinned commit).
@@ -20,7 +22,7 @@ DREAMER_DOMAIN_ALIASES = {"cup": "ball_in_cup"}
 # is_first/is_last/is_terminal/reward, images (rank 3, uint8) through the CNN and vectors through the MLP.
 OBS_KEY = {"pixels": "image", "state": "state", "noisy_state": "state"}
 
-_MODE_ID = {"train": 0, "eval": 1}
+_STREAM = {"train": run_contract.TRAIN_STREAM, "eval": run_contract.EVAL_STREAM}
 
 
 def from_dreamer_task(name: str) -> str:
@@ -50,14 +52,13 @@ def to_dreamer_env_task(task: str) -> str:
 
 
 def episode_seed(run_seed: int, mode: str, env_index: int, episode: int) -> int:
-    """The seed of one episode of one environment of a run: a pure function of (run seed, train/eval, env index,
-    episode index), distinct across all of them, so that runs with the same seed see the same episodes."""
-    if mode not in _MODE_ID:
+    """The seed of one episode of one environment of a run: rl/run_contract.py's `episode_seed` with the words
+    (stream of `mode`, env_index, episode). Evaluations pass (evaluation number, episode) for (env_index, episode),
+    which gives the seed rl/train.py uses for that evaluation episode. Raises ValueError for another mode or a
+    negative word."""
+    if mode not in _STREAM:
         raise ValueError(f"mode must be 'train' or 'eval', got {mode!r}")
-    words = [int(run_seed), _MODE_ID[mode], int(env_index), int(episode)]
-    if min(words) < 0:
-        raise ValueError(f"seed, env index and episode must be >= 0, got {words}")
-    return int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint32)[0])
+    return run_contract.episode_seed(run_seed, _STREAM[mode], env_index, episode)
 
 
 def to_dreamer_obs(obs: np.ndarray, obs_type: str) -> np.ndarray:

@@ -20,13 +20,15 @@ def bench_flags(section, switch_flags=BENCH_SWITCHES):
 
 rule bench:
     """The update-time benchmark (Fig. 6): forward and update time and peak memory vs context length, per method,
-    with the machine it ran on. The study's `benchmark:` section becomes its flags."""
+    with the machine it ran on. The study's `benchmark:` section becomes its flags; its plugins are loaded (and
+    timed, unless `benchmark.methods` lists the methods)."""
     output:
         report(RESULTS + "/bench/update_step.json", caption="../report/bench.rst", category="Benchmark"),
     log:
         LOGS + "/bench.log",
     params:
         flags=bench_flags(config.get("benchmark", {})),
+        plugins=" ".join(f"--plugin {shlex.quote(p)}" for p in PLUGINS),
         gpus=job_gpus,
     threads: config["resources"]["bench"]["cpus_per_task"]
     resources:
@@ -34,7 +36,7 @@ rule bench:
     shell:
         JOB_ENV + "export OMP_NUM_THREADS={threads}; "
         "{SCRIPTS:q}/with-free-gpu.sh {params.gpus}"
-        " python -m benchmarks.update_step {params.flags} --out {output} > {log} 2>&1"
+        " python -m benchmarks.update_step {params.plugins} {params.flags} --out {output} > {log} 2>&1"
 
 
 rule bench_kalman:

@@ -72,19 +72,63 @@ RUN = RESULTS + "/runs/{obs}/{task}/{method}/ctx{ctx}/seed{seed}"
 TASK_PATTERN = yaml.safe_load(open(os.path.join(BASEDIR, "config", "schema.yaml")))[
     "$defs"]["experiment"]["properties"]["tasks"]["items"]["pattern"].removeprefix("^").removesuffix("$")
 
-ALL_METHODS = ["kalmamba", "kalmamba_no_mamba", "kalmamba_no_dropout", "kalmamba_no_reg",
-               "rssm", "vrkn", "sac", "dreamerv3"]
+# The methods (rl/methods.py, the one list of them) and the study's own (`plugins:`, each file's METHOD read as
+# text: Snakemake's process does not import torch). The schema accepts any name; check_method_names() checks them.
+from rl import methods
 
-# The `model:` section of the study config whose fields become a method's --model.<field> flags (the model config
-# dataclass of the method: rl.methods.model_family; plain SAC's is PassthroughConfig, its pixel encoder).
-# The workflow does not import rl (and torch) to know it; tests/test_workflow.py checks it against rl.methods.
-MODEL_FAMILY = {"kalmamba": "kalmamba", "kalmamba_no_mamba": "kalmamba", "kalmamba_no_dropout": "kalmamba",
-                "kalmamba_no_reg": "kalmamba", "rssm": "rssm", "vrkn": "vrkn", "sac": "sac"}
+PLUGINS = config.get("plugins", [])   # paths relative to the working directory, as the jobs see them
+STUDY_FILES = ", ".join(map(str, workflow.configfiles)) or "--config"
 
-# Each ablation is KalMamba with one KalMambaConfig field switched off (rl.methods.ablation_switch). The study's
-# setting of that field (e.g. `model.kalmamba.dropout: 0.1`) is for KalMamba; the ablation does not get it (the run
-# CLI refuses a value that contradicts the ablation).
-ABLATED_FIELD = {"kalmamba_no_mamba": "use_mamba", "kalmamba_no_dropout": "dropout", "kalmamba_no_reg": "reg_alpha"}
+
+def load_plugins():
+    """Register the study's plugin methods; a bad file stops the workflow with a one-line error naming it."""
+    for path in PLUGINS:
+        try:
+            methods.load_plugin(path, execute=False)
+        except ValueError as e:
+            raise WorkflowError(f"Invalid study config ({STUDY_FILES}): plugins: {e}") from None
+
+
+def check_method_names():
+    """Every method of the study's experiments is a registered one, every method of its benchmark one that
+    `benchmarks.update_step` times (trained by rl.train), and every `model:` key one a method reads: else a
+    one-line error naming the bad name, where it is and the valid ones, before any job."""
+    names, trained = methods.names(), methods.trained()
+    for grid_name, grid in config["experiments"].items():
+        for name in grid["methods"]:
+            if name not in names:
+                raise WorkflowError(f"Invalid study config ({STUDY_FILES}): experiments.{grid_name}.methods: unknown "
+                                    f"method {name!r}; valid methods: {', '.join(names)} (a method of your own: "
+                                    "list its file under plugins:)")
+    for name in (config.get("benchmark") or {}).get("methods", []):
+        if name not in trained:
+            why = "is not timed by the update benchmark" if name in names else "is unknown"
+            raise WorkflowError(f"Invalid study config ({STUDY_FILES}): benchmark.methods: method {name!r} {why}; "
+                                f"valid: {', '.join(trained)}")
+    for family in config.get("model") or {}:
+        if family not in methods.families():
+            raise WorkflowError(f"Invalid study config ({STUDY_FILES}): model.{family}: no method reads it; valid "
+                                f"keys: {', '.join(methods.families())}")
+
+
+load_plugins()
+check_method_names()
+
+
+def model_settings(method):
+    """The study's `model.<family of method>` settings for one method. An ablation fixes its own switched field
+    (rl.methods: e.g. no dropout): the study's value of that field is for the full model, and the ablation does
+    not get it (the run CLI refuses a value that contradicts the ablation)."""
+    model = dict(config.get("model", {}).get(methods.model_family(method)) or {})
+    for field in methods.ablation_switch(method):
+        model.pop(field, None)
+    return model
+
+
+def plugin_flag(method):
+    """`--plugin FILE` for a plugin's method (its file, as the study names it), else ''."""
+    plugin = methods.get(method).plugin
+    return f"--plugin {shlex.quote(plugin)}" if plugin else ""
 
 
 def study_runs():
@@ -115,13 +159,12 @@ def check_study_runs():
             for method in grid["methods"]:
                 for ctx in grid["context_lengths"]:
                     key = (grid["obs"], task, method, ctx)
-                    if method == "dreamerv3" or key in seen:
+                    if methods.get(method).external or key in seen:
                         continue
                     seen.add(key)
-                    model = dict(config.get("model", {}).get(MODEL_FAMILY[method]) or {})
-                    model.pop(ABLATED_FIELD.get(method), None)
-                    runs.append({**config["train"], "method": method, "task": task, "obs": grid["obs"],
-                                 "context_length": ctx, "out": RESULTS, "model": model,
+                    plugin = {"plugin": methods.get(method).plugin} if methods.get(method).plugin else {}
+                    runs.append({**config["train"], **plugin, "method": method, "task": task, "obs": grid["obs"],
+                                 "context_length": ctx, "out": RESULTS, "model": model_settings(method),
                                  "sac": dict(config.get("sac") or {})})
                     where.append(f"experiments.{name}: the run (obs {grid['obs']}, task {task}, method {method}, "
                                  f"context length {ctx})")
@@ -141,7 +184,7 @@ def check_study_runs():
         files = ", ".join(map(str, workflow.configfiles)) or "--config"
         raise WorkflowError(
             f"Invalid study config ({files}): {where[i]} cannot run: {error} (study keys: train.<f>, "
-            f"model.{MODEL_FAMILY[runs[i]['method']]}.<f>, sac.<f> for --<f>, --model.<f>, --sac.<f>)")
+            f"model.{methods.model_family(runs[i]['method'])}.<f>, sac.<f> for --<f>, --model.<f>, --sac.<f>)")
 
 
 STUDY_RUNS = study_runs()
@@ -196,13 +239,12 @@ if not workflow.remote_exec:
 
 
 def run_flags(method):
-    """The run CLI's flags that come from the study config, for one method:
+    """The run CLI's flags that come from the study config, for one method: `--plugin FILE` for a plugin's method,
     `train:` -> --<field-name>, `model.<family of method>:` -> --model.<field>, `sac:` -> --sac.<field>."""
-    model = dict(config.get("model", {}).get(MODEL_FAMILY[method]) or {})
-    model.pop(ABLATED_FIELD.get(method), None)
     return " ".join(flags for flags in [
+        plugin_flag(method),
         cli_flags(config["train"]),
-        cli_flags(model, prefix="--model.", dashes=False),
+        cli_flags(model_settings(method), prefix="--model.", dashes=False),
         cli_flags(config.get("sac", {}), prefix="--sac.", dashes=False),
     ] if flags)
 

@@ -14,8 +14,8 @@ rule train:
     log:
         LOGS + "/runs/{obs}/{task}/{method}/ctx{ctx}/seed{seed}.log",
     wildcard_constraints:
-        # dreamerv3 runs come from workflow/rules/dreamerv3.smk
-        method="|".join(m for m in ALL_METHODS if m != "dreamerv3"),
+        # the methods rl.train trains, plugins included (dreamerv3 runs come from workflow/rules/dreamerv3.smk)
+        method="|".join(methods.trained()),
     params:
         run_dir=lambda wildcards, output: os.path.dirname(output[0]),
         flags=lambda wildcards: run_flags(wildcards.method),

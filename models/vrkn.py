@@ -149,8 +149,6 @@ class VRKN(nn.Module):
 
     def __init__(self, obs_shape: tuple[int, ...], action_dim: int, cfg: VRKNConfig):
         super().__init__()
-        if cfg.smoother not in KALMAN_METHODS:
-            raise ValueError(f"smoother: must be one of {KALMAN_METHODS}, got {cfg.smoother!r}")
         self.cfg, self.obs_shape, self.action_dim = cfg, tuple(obs_shape), action_dim
         D = cfg.latent_dim
         self.feature_dim = D

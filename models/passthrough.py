@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from models import checks
 from models.nets import ConvEncoder, is_image, over_time, preprocess_image
 
 
@@ -30,6 +31,10 @@ class PassthroughConfig:
     # is ever stepped: on pixels the encoder is trained by SAC's critic optimiser (critic_lr, critic_grad_clip).
     lr: float = 0.0
     grad_clip: float = 0.0
+
+    def __post_init__(self):
+        checks.ints(self, 1, "feature_dim", "depth")
+        checks.at_least(self, 0, "lr", "grad_clip")
 
 
 class Passthrough(nn.Module):

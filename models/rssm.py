@@ -35,6 +35,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from models import checks
 from models.nets import diag_gaussian_kl, gaussian_log_lik, is_image, make_decoder, make_encoder, mlp, obs_to_target, over_time
 from models.diagnostics import kl_active_fraction
 from models.vrkn import check_batch  # (shared batch-shape check; candidate for models/nets.py)
@@ -64,6 +65,15 @@ class RSSMConfig:
     lr: float = 3e-4                 # CoRAL `model_learning_rate` (Adam)
     adam_eps: float = 1e-8           # CoRAL (Adam with eps 1e-8)
     grad_clip: float = 10.0          # CoRAL `model_clip_norm` (global grad norm)
+
+    def __post_init__(self):
+        checks.ints(self, 1, "stoch_dim", "deter_dim", "hidden_dim", "n_layers", "conv_depth", "mlp_hidden_dim",
+                    "mlp_layers", "reward_hidden_dim")
+        checks.ints(self, 0, "reward_layers")
+        checks.activation(self, "activation")
+        checks.at_least(self, 0, "min_std", "kl_scale", "free_nats", "obs_loss_scale", "reward_loss_scale")
+        checks.within(self, "kl_alpha", 0, 1)
+        checks.above(self, 0, "lr", "adam_eps", "grad_clip")
 
 
 def kl_free_nats(post_mean: Tensor, post_std: Tensor, prior_mean: Tensor, prior_std: Tensor, free_nats: float,

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 import torch.nn.functional as F
 
+from models import checks
 from models.nets import LOG_2PI, mlp, softplus_positive
 
 
@@ -55,6 +56,16 @@ class SACConfig:
     init_std: float = math.exp(-4.0)   # actor σ at raw output 0 is init_std + min_std (CoRAL: e^-4 ≈ 0.0183)
     min_std: float = 0.005
     mean_scale: float = 5.0          # μ = mean_scale · tanh(x / mean_scale)
+
+    def __post_init__(self):
+        checks.ints(self, 1, "hidden_dim", "n_layers")
+        checks.above(self, 0, "actor_lr", "critic_lr", "alpha_lr", "adam_eps", "init_alpha", "actor_grad_clip",
+                     "critic_grad_clip", "alpha_grad_clip", "init_std", "min_std", "mean_scale")
+        checks.within(self, "gamma", 0, 1)
+        checks.within(self, "target_ema", 0, 1)
+        if self.target_entropy is not None and not (isinstance(self.target_entropy, (int, float))
+                                                    and math.isfinite(self.target_entropy)):
+            raise ValueError(f"target_entropy: must be a finite number or None, got {self.target_entropy!r}")
 
 
 def tanh_log_det_jacobian(u: Tensor) -> Tensor:

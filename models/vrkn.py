@@ -44,6 +44,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from models import checks
 from models.diagnostics import kalman_gain_stats, kl_active_fraction
 from models.kalman import (METHODS as KALMAN_METHODS, kalman_predict, kalman_smoother, kalman_update,
                            smoothed_conditional_kl)
@@ -86,6 +87,21 @@ class VRKNConfig:
     lr: float = 6e-4                 # `model_learning_rate` (Adam)
     adam_eps: float = 1e-8           # `model_adam_epsilon`
     grad_clip: float = 100.0         # `model_clip_norm` (global grad norm)
+
+    def __post_init__(self):
+        checks.ints(self, 1, "latent_dim", "hidden_dim", "conv_depth", "mlp_hidden_dim", "mlp_layers",
+                    "reward_hidden_dim")
+        checks.ints(self, 0, "reward_layers")
+        checks.activation(self, "activation")
+        checks.within(self, "dropout", 0, 1, high_open=True)
+        checks.increasing(self, "a_min", "a_init", "a_max", low=0, strict_low=False)
+        checks.increasing(self, "var_dyn_min", "var_dyn_init", "var_dyn_max", low=0, strict_low=True)
+        checks.increasing(self, "obs_var_min", "obs_var_init", low=0, strict_low=False)
+        checks.increasing(self, "init_var_min", "init_var", low=0, strict_low=False)
+        checks.at_least(self, 0, "free_nats", "kl_scale", "init_kl_scale", "obs_loss_scale")
+        checks.at_least(self, 0, "reward_loss_scale", none_ok=True)
+        checks.one_of(self, "smoother", KALMAN_METHODS)
+        checks.above(self, 0, "lr", "adam_eps", "grad_clip")
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -133,8 +149,6 @@ class VRKN(nn.Module):
 
     def __init__(self, obs_shape: tuple[int, ...], action_dim: int, cfg: VRKNConfig):
         super().__init__()
-        if cfg.smoother not in KALMAN_METHODS:
-            raise ValueError(f"smoother: must be one of {KALMAN_METHODS}, got {cfg.smoother!r}")
         self.cfg, self.obs_shape, self.action_dim = cfg, tuple(obs_shape), action_dim
         D = cfg.latent_dim
         self.feature_dim = D

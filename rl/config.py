@@ -1,36 +1,66 @@
-"""`RunConfig`, the settings of one run, and the command line built from it.
+"""`RunConfig`, the settings of one run, and its command line.
 
-Every field is a flag with underscores turned into dashes (`--context-length 32`). `--model.<field> V`
-sets a field of the method's model config dataclass (`KalMambaConfig`, `RSSMConfig`, `VRKNConfig`,
-`PassthroughConfig` for `sac`), `--sac.<field> V` a field of `SACConfig`; values are typed from those
-dataclasses. `--config FILE.yaml` holds the same keys (underscored), with `model:` and `sac:` as nested
-mappings; flags given on the command line win over the file. Unknown fields and bad values are errors that
-name them.
+The command line is made by tyro from the dataclasses: every `RunConfig` field is a flag (`--context-length 32`;
+`--context_length` works too), `--model.<field> V` sets a field of the method's model config (`KalMambaConfig`,
+`RSSMConfig`, `VRKNConfig`, `PassthroughConfig` for `sac`; rl.methods.model_config_class), `--sac.<field> V` a
+field of `SACConfig`. tyro types each value from the field's annotation (int, float, bool, str, `X | None`,
+tuples as several words), refuses unknown flags, and writes `--help` from the fields' comments. Why tyro: it is
+the shortest readable path from a flag to the dataclass that holds it (as in CleanRL), with no typing code of ours;
+simple-parsing needs the same nested-dataclass set-up and has no defaults from an instance, and YAML-typed flag
+values would still need a type check of our own. bool and None are also read in their YAML spelling
+(`true`/`false`, `null`), as the study files and scripts write them. `--config FILE.yaml` holds the same keys
+(underscored), with `model:` and `sac:` as mappings; it becomes flags placed before the command line's, so flags win.
+
+One validator per value: each dataclass checks its own fields in `__post_init__` (RunConfig: bounds, task, obs,
+device, the model config's class and ablation switch; each model config and SACConfig: theirs), with messages that
+name the field. The study schema (config/schema.yaml) holds no second copy: the workflow checks every run of a
+study with `first_refused` (the run CLI itself) before any job. `check_buildable` adds what only a model's
+constructor can check. Errors: one line naming the flag or field; the CLI exits 2.
+
+The config is built once per run: `RunConfig.model` and `RunConfig.sac` are the resolved config objects (defaults,
+the method's own defaults, the ablation switch, the overrides) that rl/train.py builds the agent from and writes to
+config.json (`resolved()`).
+
+The path of a study value to the model, e.g. `model: {kalmamba: {d_model: 32}}` in config/default.yaml (4 hops):
+  1. workflow/rules/common.smk:run_flags   -> `--model.d_model 32` on the train rule's `python -m rl.train` line
+  2. rl/config.py:parse_args (tyro)         -> `KalMambaConfig(d_model=32)`, checked by its `__post_init__`, held
+                                               as `RunConfig.model`
+  3. rl/methods.py:build_agent              -> `KalMamba(obs_shape, action_dim, cfg.model)` (called by
+                                               rl/train.py:Trainer)
+  4. models/kalmamba.py:KalMamba.__init__   -> the Mamba layers of width `cfg.d_model`
 """
 from __future__ import annotations
 
-import argparse
+import contextlib
 import dataclasses
+import io
 import math
-import types
-import typing
-from dataclasses import dataclass, field
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import tyro
 import yaml
+from tyro.constructors import ConstructorRegistry, PrimitiveConstructorSpec, PrimitiveTypeInfo
 
 from rl import envs, methods
+
+PROG = "python -m rl.train"
 
 
 @dataclass
 class RunConfig:
+    """Train one agent (a world model + SAC, or plain SAC) on one dm_control task; writes a run directory
+    (config.json, eval.csv, train.csv, checkpoint.pt, DONE). `--model.*` lists the fields of the method's model
+    config: `--method M --help` shows those of M. `--config FILE.yaml`: the same keys in a YAML file (`model:` and
+    `sac:` as mappings); flags win."""
     method: str                       # a method of rl/methods.py, or of the --plugin file
     task: str                         # dm_control `domain-task`, e.g. walker-walk
     obs: str                          # pixels | state | noisy_state
     out: str                          # run directory
     plugin: str = ""                  # Python file registering --method (examples/own_method.py); loaded first
-    context_length: int = 32          # L of the training sub-sequences
+    context_length: int = 32          # L of the training sub-sequences (>= 2, at most an episode's steps + 1)
     seed: int = 0
     env_steps: int = 1_000_000        # budget in simulator steps (agent steps x action repeat)
     wall_clock_hours: float = 24.0    # budget in accumulated wall-clock hours (summed over restarts)
@@ -48,8 +78,53 @@ class RunConfig:
     episode_length: int = 1000        # simulator steps per episode
     log_every: int = 5_000            # env steps between rows of train.csv
     keep_replay: bool = False         # keep the replay episodes on disk once the run is DONE
-    model: dict = field(default_factory=dict)   # model-config overrides (--model.<field>)
-    sac: dict = field(default_factory=dict)     # SACConfig overrides (--sac.<field>)
+    model: Any = None                 # the method's model config; None: its defaults with the ablation switch
+    sac: Any = None                   # SACConfig; None: its defaults with the method's own (rl.methods.sac_defaults)
+
+    def __post_init__(self) -> None:
+        """ValueError naming the first bad field. Fills `model` and `sac` with the method's defaults where None."""
+        from models.sac import SACConfig
+
+        if self.plugin:
+            methods.load_plugin(self.plugin)                   # registers its method before the name is checked
+        model_cls = methods.model_config_class(self.method)   # unknown method / dreamerv3 -> its own message
+        for name, check in (("task", envs.parse_task), ("obs", envs.check_obs_type)):
+            try:
+                check(getattr(self, name))
+            except ValueError as e:
+                raise ValueError(f"{name}: {e}") from None
+        if not self.out:
+            raise ValueError("out: a run directory is required")
+        for name, low in MINIMUM.items():
+            if getattr(self, name) < low:
+                raise ValueError(f"{name}: {getattr(self, name)} must be >= {low}")
+        for name in ("updates_per_step", "obs_noise_std", "action_noise_std"):
+            v = getattr(self, name)
+            if not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"{name}: {v} must be a finite number >= 0")
+        if not self.wall_clock_hours > 0:
+            raise ValueError(f"wall_clock_hours: {self.wall_clock_hours} must be > 0")
+        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
+                                                            and self.device[5:].isdigit())):
+            raise ValueError(f"device: {self.device!r} is not one of auto, cpu, cuda, cuda:N")
+        entries = self.agent_steps_per_episode() + 1
+        if self.context_length > entries:
+            raise ValueError(f"context_length: {self.context_length} exceeds the {entries} steps of an episode "
+                             f"(episode_length {self.episode_length} / action_repeat {self.resolved_action_repeat()} "
+                             "+ the first observation)")
+        if self.model is None:
+            self.model = methods.make_model_config(self.method)
+        if type(self.model) is not model_cls:
+            raise ValueError(f"model: method {self.method!r} takes a {model_cls.__name__}, "
+                             f"not {type(self.model).__name__}")
+        for k, v in methods.ablation_switch(self.method).items():
+            if getattr(self.model, k) != v:
+                raise ValueError(f"model.{k}: {getattr(self.model, k)!r} contradicts method {self.method!r}, "
+                                 f"which sets {k}={v!r}")
+        if self.sac is None:
+            self.sac = SACConfig(**methods.sac_defaults(self.method))
+        if type(self.sac) is not SACConfig:
+            raise ValueError(f"sac: takes a SACConfig, not {type(self.sac).__name__}")
 
     def resolved_action_repeat(self) -> int:
         return self.action_repeat or envs.default_action_repeat(self.task)
@@ -57,231 +132,181 @@ class RunConfig:
     def agent_steps_per_episode(self) -> int:
         return math.ceil(self.episode_length / self.resolved_action_repeat())
 
-    def model_config(self) -> Any:
-        """The method's model config: defaults, `model` overrides, ablation switch."""
-        overrides = typed_fields(methods.model_config_class(self.method), self.model, "model")
-        try:
-            return methods.make_model_config(self.method, overrides)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"--model: {e}") from None
-
-    def sac_config(self) -> Any:
-        """SACConfig: defaults, the method's own defaults (rl.methods: Method.sac), `sac` overrides."""
-        from models.sac import SACConfig
-
-        try:
-            return SACConfig(**{**methods.sac_defaults(self.method), **typed_fields(SACConfig, self.sac, "sac")})
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"--sac: {e}") from None
-
-    def validate(self) -> "RunConfig":
-        """Raise ValueError naming the first bad value."""
-        if self.plugin:
-            methods.load_plugin(self.plugin)      # before the method name is checked
-        methods.model_config_class(self.method)   # unknown method / dreamerv3 -> error
-        envs.parse_task(self.task)
-        envs.check_obs_type(self.obs)
-        if not self.out:
-            raise ValueError("--out: a run directory is required")
-        minimum = {"context_length": 2, "env_steps": 1, "eval_every": 1, "eval_episodes": 1, "checkpoint_every": 1,
-                   "batch_size": 1, "initial_episodes": 1, "episode_length": 1, "log_every": 1, "seed": 0,
-                   "torch_threads": 0, "action_repeat": 0}
-        for name, low in minimum.items():
-            if getattr(self, name) < low:
-                raise ValueError(f"{flag(name)}: {getattr(self, name)} must be >= {low}")
-        for name in ("updates_per_step", "obs_noise_std", "action_noise_std"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v >= 0):
-                raise ValueError(f"{flag(name)}: {v} must be a finite number >= 0")
-        if not (self.wall_clock_hours > 0):
-            raise ValueError(f"--wall-clock-hours: {self.wall_clock_hours} must be > 0")
-        if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
-                                                            and self.device[5:].isdigit())):
-            raise ValueError(f"--device: {self.device!r} is not one of auto, cpu, cuda, cuda:N")
-        entries = self.agent_steps_per_episode() + 1
-        if self.context_length > entries:
-            raise ValueError(f"--context-length: {self.context_length} exceeds the {entries} steps of an episode "
-                             f"(episode_length {self.episode_length} / action_repeat {self.resolved_action_repeat()} "
-                             "+ the first observation)")
-        from models.sac import SACConfig
-
-        self.model = typed_fields(methods.model_config_class(self.method), self.model, "model")
-        self.sac = typed_fields(SACConfig, self.sac, "sac")
-        self.model_config()
-        self.sac_config()
-        check_buildable(self)
-        return self
-
     def resolved(self) -> dict[str, Any]:
-        """The config as written to config.json: every field, with the action repeat and the full model and
-        SAC configs (defaults + overrides + ablation switch) filled in."""
+        """The config as written to config.json: every field, the model and SAC configs as mappings, with the
+        action repeat resolved."""
         d = dataclasses.asdict(self)
         d["action_repeat"] = self.resolved_action_repeat()
-        d["model"] = dataclasses.asdict(self.model_config())
-        d["sac"] = dataclasses.asdict(self.sac_config())
         return d
 
 
-def flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
+MINIMUM = {"context_length": 2, "env_steps": 1, "eval_every": 1, "eval_episodes": 1, "checkpoint_every": 1,
+           "batch_size": 1, "initial_episodes": 1, "episode_length": 1, "log_every": 1, "seed": 0,
+           "torch_threads": 0, "action_repeat": 0}
 
 
 def check_buildable(cfg: RunConfig) -> None:
     """Build the run's agent on PyTorch's meta device (no memory, no compute; ~10 ms) so that a model setting
-    which only the model's constructor checks (e.g. `--model.activation Foo`, `--model.hidden_dim 0` of a config
-    without validators) is a bad value of the command line (exit 2, one line), not a traceback mid-run.
-    Not checked here: what depends on the machine (`mamba_backend cuda` needs a GPU and mamba_ssm; the run checks
-    it once its device is known, rl/train.py). Shapes are stand-ins: a 64x64 image, or an 8-dim state, 2 actions.
-    Raises ValueError naming the method's model and the error."""
+    which only the model's constructor checks (e.g. `--model.activation Foo`) is a bad value of the command line
+    (exit 2, one line), not a traceback mid-run. Not checked here: what depends on the machine (`mamba_backend cuda`
+    needs a GPU and mamba_ssm; the run checks it once its device is known, rl/train.py). Shapes are stand-ins: a
+    64x64 image, or an 8-dim state, 2 actions. Raises ValueError naming the method's model and the error."""
     import torch
 
-    model_cfg = cfg.model_config()
+    model_cfg = cfg.model
     if getattr(model_cfg, "mamba_backend", None) == "cuda":
         model_cfg = dataclasses.replace(model_cfg, mamba_backend="torch")
     obs_shape = (3, 64, 64) if cfg.obs == "pixels" else (8,)
     try:
         with torch.device("meta"):
-            methods.build_agent(cfg.method, obs_shape, 2, model_cfg, cfg.sac_config(), torch.device("meta"))
+            methods.build_agent(cfg.method, obs_shape, 2, model_cfg, cfg.sac, torch.device("meta"))
     except (ValueError, TypeError, AttributeError, RuntimeError) as e:
         raise ValueError(f"--model/--sac: method {cfg.method!r} cannot be built with these settings: "
                          f"{type(e).__name__}: {e}") from None
 
 
 # ---------------------------------------------------------------------------------------------------------
-# typing values from dataclass annotations
-
-def coerce(value: Any, tp: Any, name: str) -> Any:
-    """Convert `value` (a command-line string or a YAML value) to the annotated type `tp`."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = typing.get_args(tp)
-        if type(None) in args and (value is None or (isinstance(value, str) and value.lower() in ("none", "null"))):
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(value, arg, name)
-            except ValueError:
-                pass
-        raise ValueError(f"{name}: {value!r} is not a valid {tp}")
-    bad = ValueError(f"{name}: {value!r} is not a valid {getattr(tp, '__name__', tp)}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-            return value.lower() in ("true", "1", "yes")
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        try:
-            f = float(value)
-        except (TypeError, ValueError):
-            raise bad from None
-        if isinstance(value, str):
-            try:
-                return int(value)
-            except ValueError:
-                pass
-        if f.is_integer():
-            return int(f)
-        raise bad
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        try:
-            return float(value)
-        except (TypeError, ValueError):
-            raise bad from None
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise bad
-    if origin in (tuple, list) or tp in (tuple, list, dict) or origin is dict:
-        v = yaml.safe_load(value) if isinstance(value, str) else value
-        container = origin or tp
-        if container in (tuple, list) and isinstance(v, (list, tuple)):
-            return container(v)
-        if container is dict and isinstance(v, dict):
-            return v
-        raise bad
-    return value
-
-
-def typed_fields(cls: type, overrides: dict[str, Any], prefix: str) -> dict[str, Any]:
-    """`overrides` with each value typed from `cls`'s annotation; unknown field -> ValueError naming it."""
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    typed = {}
-    for k, v in overrides.items():
-        if k not in names:
-            raise ValueError(f"--{prefix}.{k}: unknown field of {cls.__name__}; valid: {', '.join(names)}")
-        typed[k] = coerce(v, hints[k], f"--{prefix}.{k}")
-    return typed
-
-
-# ---------------------------------------------------------------------------------------------------------
 # the command line
 
-SCALAR_FIELDS = [f for f in dataclasses.fields(RunConfig) if f.name not in ("model", "sac")]
-REQUIRED = [f.name for f in SCALAR_FIELDS if f.default is dataclasses.MISSING]
+# bool and None as YAML spells them too (true/false, null: the study files, workflow/rules/common.smk:cli_value
+# and scripts/ write them so), besides tyro's own True/False/None.
+YAML_WORDS = {bool: {"True": True, "true": True, "False": False, "false": False},
+              type(None): {"None": None, "null": None}}
+REGISTRY = ConstructorRegistry()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="python -m rl.train", description="Train one agent on one dm_control task; writes a run directory.",
-        epilog="--model.<field> V sets a field of the method's model config, --sac.<field> V a field of SACConfig.")
-    p.add_argument("--config", help="YAML file with the same keys (model: and sac: as mappings); flags win")
-    hints = typing.get_type_hints(RunConfig)
-    for f in SCALAR_FIELDS:
-        default = "required" if f.default is dataclasses.MISSING else f"default {f.default}"
-        p.add_argument(flag(f.name), dest=f.name, default=argparse.SUPPRESS, metavar=hints[f.name].__name__.upper(),
-                       help=f"({default})")
-    return p
-
-
-def _dotted_overrides(rest: list[str], parser: argparse.ArgumentParser) -> dict[str, dict[str, str]]:
-    """['--model.latent_dim', '230', '--sac.hidden_dim=64'] -> {'model': {...}, 'sac': {...}} (strings)."""
-    out: dict[str, dict[str, str]] = {"model": {}, "sac": {}}
-    i = 0
-    while i < len(rest):
-        arg = rest[i]
-        prefix = arg[2:].split(".", 1)[0] if arg.startswith("--") else None
-        if prefix not in out or "." not in arg:
-            parser.error(f"unrecognized argument: {arg}")
-        key = arg[len(prefix) + 3:]
-        if "=" in key:
-            key, value = key.split("=", 1)
-        elif i + 1 < len(rest):
-            i += 1
-            value = rest[i]
-        else:
-            parser.error(f"{arg}: expected a value")
-        out[prefix][key.replace("-", "_")] = value
-        i += 1
-    return out
+@REGISTRY.primitive_rule
+def _yaml_spelling(info: PrimitiveTypeInfo) -> PrimitiveConstructorSpec | None:
+    words = YAML_WORDS.get(info.type)
+    if words is None:
+        return None
+    return PrimitiveConstructorSpec(nargs=1, metavar="{" + ",".join(words) + "}", choices=tuple(words),
+                                    instance_from_str=lambda args: words[args[0]],
+                                    is_instance=lambda x: isinstance(x, info.type),
+                                    str_from_instance=lambda x: [str(x)])
 
 
 def parse_args(argv: list[str] | None = None) -> RunConfig:
-    """Command line (+ optional YAML) -> validated RunConfig; errors exit with status 2 and name the value."""
-    parser = build_parser()
-    ns, rest = parser.parse_known_args(argv)
-    given = vars(ns)
-    dotted = _dotted_overrides(rest, parser)
+    """Command line (+ its `--config` file) -> validated RunConfig. A bad flag or value: one line naming it on
+    stderr, exit status 2."""
     try:
-        values: dict[str, Any] = {"model": {}, "sac": {}}
-        config_file = given.pop("config", None)
-        if config_file:
-            values.update(load_yaml(config_file))
-        values.update(given)
-        values["model"] = {**values["model"], **dotted["model"]}
-        values["sac"] = {**values["sac"], **dotted["sac"]}
-        return config_from_dict(values)
+        return load(list(sys.argv[1:] if argv is None else argv))
     except ValueError as e:
-        parser.error(str(e))
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def load(argv: list[str]) -> RunConfig:
+    """`parse_args` without exiting: ValueError with one line naming the bad flag or value."""
+    argv = list(argv)
+    config_file = pop_flag(argv, "--config")   # not a RunConfig field: its file becomes flags before argv's
+    if config_file is not None:
+        argv = as_flags(load_yaml(config_file)) + argv
+    plugin = last_value(argv, "--plugin")
+    if plugin:
+        methods.load_plugin(plugin)   # before the method is resolved: it registers a method name and its config
+    asks_help = "-h" in argv or "--help" in argv
+    method = last_value(argv, "--method") or ("kalmamba" if asks_help else None)
+    if method is None:
+        raise ValueError("missing required --method (one of " + ", ".join(methods.ALL_METHODS) + ")")
+    try:
+        template = cli_template(method)
+    except ValueError as e:
+        raise ValueError(f"--method: {e}") from None
+    markers = (tyro.conf.FlagConversionOff,)   # bools take a value: --keep-replay true
+    if not asks_help:   # the help text comes from the fields' comments: reading them is most of tyro's time
+        markers += (tyro.conf.HelptextFromCommentsOff,)
+    captured = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(captured), REGISTRY:
+            cfg = tyro.cli(RunConfig, args=argv, default=template, prog=PROG, config=markers)
+    except SystemExit as e:
+        if not e.code:   # --help
+            raise
+        raise ValueError(one_line(captured.getvalue())) from None
+    check_buildable(cfg)
+    return cfg
+
+
+def cli_template(method: str) -> RunConfig:
+    """tyro's default instance for `method`: RunConfig's defaults, the method's model and SAC configs, and the
+    required fields marked tyro.MISSING. A template, never a config: built without `__post_init__`."""
+    from models.sac import SACConfig
+
+    template = object.__new__(RunConfig)
+    for f in dataclasses.fields(RunConfig):
+        setattr(template, f.name, tyro.MISSING if f.default is dataclasses.MISSING else f.default)
+    template.model = methods.make_model_config(method)
+    template.sac = SACConfig(**methods.sac_defaults(method))
+    return template
+
+
+def one_line(box: str) -> str:
+    """tyro's error box -> its message on one line (the box's first section, without 'Error parsing')."""
+    rows = [row.strip("│╭╮╰╯ ") for row in box.strip().splitlines()]
+    message = []
+    for row in rows[1:]:
+        if not row.strip("─ "):
+            break
+        message.append(row)
+    text = (" ".join(message) or rows[0].strip("─ ") or "bad command line").removeprefix("Error parsing ")
+    text = text.removeprefix("RunConfig: ")
+    if text.startswith("Unrecognized options"):
+        text += f" ({PROG} --method M --help lists the flags of method M)"
+    return text
+
+
+def as_flags(values: dict[str, Any]) -> list[str]:
+    """RunConfig fields -> the run CLI's words: {'env_steps': 3000, 'model': {'d_model': 32}, 'keep_replay': True}
+    -> ['--env-steps', '3000', '--model.d_model', '32', '--keep-replay', 'True']; a list becomes several words."""
+    words: list[str] = []
+    for key, value in values.items():
+        if key in ("model", "sac"):
+            if not isinstance(value, dict):
+                raise ValueError(f"{key}: expected a mapping of fields, got {value!r}")
+            for field, v in value.items():
+                words += [f"--{key}.{field}", *map(str, v if isinstance(v, list) else [v])]
+        else:
+            words += ["--" + key.replace("_", "-"), *map(str, value if isinstance(value, list) else [value])]
+    return words
+
+
+def config_from_dict(values: dict[str, Any]) -> RunConfig:
+    """A dict of RunConfig fields (YAML values; `model` and `sac` as mappings) -> the RunConfig the run CLI makes of
+    them (they become its flags). ValueError naming the bad key or value."""
+    return load(as_flags(values))
+
+
+def first_refused(runs: list[dict[str, Any]]) -> tuple[int, str] | None:
+    """(index, error) of the first of `runs` (dicts of RunConfig fields) that the run CLI refuses, else None.
+    The workflow checks every run of a study with it before any job (workflow/rules/common.smk)."""
+    for i, values in enumerate(runs):
+        try:
+            config_from_dict(values)
+        except ValueError as e:
+            return i, str(e)
+    return None
+
+
+def pop_flag(argv: list[str], name: str) -> str | None:
+    """Remove `name V` / `name=V` from argv (in place); returns V (the last one) or None."""
+    value, i = None, 0
+    while i < len(argv):
+        if argv[i] == name:
+            if i + 1 >= len(argv):
+                raise ValueError(f"{name}: expected a value")
+            value = argv.pop(i + 1)
+            argv.pop(i)
+        elif argv[i].startswith(name + "="):
+            value = argv.pop(i)[len(name) + 1:]
+        else:
+            i += 1
+    return value
+
+
+def last_value(argv: list[str], name: str) -> str | None:
+    """The value of the last `name V` / `name=V` of argv (flags win over earlier ones, as in tyro), else None."""
+    return pop_flag(list(argv), name)
 
 
 def requested_obs(argv: list[str]) -> str | None:
@@ -300,35 +325,10 @@ def requested_obs(argv: list[str]) -> str | None:
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ValueError(f"--config {path}: {' '.join(str(e).split())}") from None
     if not isinstance(data, dict):
         raise ValueError(f"--config {path}: expected a mapping of RunConfig fields")
-    for k in ("model", "sac"):
-        if not isinstance(data.get(k, {}), dict):
-            raise ValueError(f"--config {path}: {k!r} must be a mapping")
     return data
-
-
-def first_refused(runs: list[dict[str, Any]]) -> tuple[int, str] | None:
-    """(index, error) of the first of `runs` (dicts of RunConfig fields) that `config_from_dict` refuses, else None.
-    The workflow checks every run of a study with it before any job (workflow/rules/common.smk)."""
-    for i, values in enumerate(runs):
-        try:
-            config_from_dict(values)
-        except ValueError as e:
-            return i, str(e)
-    return None
-
-
-def config_from_dict(values: dict[str, Any]) -> RunConfig:
-    """Type and validate a dict of RunConfig fields (strings or YAML values)."""
-    hints = typing.get_type_hints(RunConfig)
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"unknown config key(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
-    missing = [n for n in REQUIRED if n not in values]
-    if missing:
-        raise ValueError(f"missing required {', '.join(flag(n) for n in missing)}")
-    typed = {k: (dict(v) if k in ("model", "sac") else coerce(v, hints[k], flag(k))) for k, v in values.items()}
-    return RunConfig(**typed).validate()

@@ -74,7 +74,7 @@ def check_action(action: np.ndarray, method: str, where: str) -> None:
 def check_machine(cfg: RunConfig, device: torch.device) -> None:
     """Settings that are valid values but cannot run on this machine or device: ValueError naming the flag (exit 2),
     before anything is built or written."""
-    backend = getattr(cfg.model_config(), "mamba_backend", None)
+    backend = getattr(cfg.model, "mamba_backend", None)
     if backend == "cuda":
         from models.mamba import load_mamba_ssm
 
@@ -139,7 +139,7 @@ class Trainer:
         self.env = make_env(seed=cfg.seed, **env_kw)
         self.eval_env = make_env(seed=cfg.seed + 1, **env_kw)
         self.agent = methods.build_agent(cfg.method, self.env.observation_shape, self.env.action_dim,
-                                         cfg.model_config(), cfg.sac_config(), self.device)
+                                         cfg.model, cfg.sac, self.device)
         self.replay = EpisodeReplay()
         self.replay_rng = np.random.default_rng([cfg.seed, 2])   # batch sampling
         self.explore_rng = np.random.default_rng([cfg.seed, 3])  # random actions of the initial episodes

@@ -13,7 +13,7 @@ Latent state z_t ∈ R^D, all covariances diagonal, every product element-wise.
     inference: (μ⁺, Σ⁺, μ⁻, Σ⁻) = kalman_filter(w, σ²_w, A, b, Σ^dyn, 0, σ²_0);  (μˢ, Σˢ) = kalman_smoother(...)
 
 No dynamics parameter depends on a filter output, so the backbone is one parallel Mamba pass and the filter and
-smoother are two associative scans (`models.kalman`, method "parallel").
+smoother are two associative scans on GPU (`models.kalman`, method "parallel"; on CPU compiled loops, "numba").
 
 Loss (per time step, averaged over batch and time; ẑ_t ~ N(μˢ_t, Σˢ_t) one reparameterised sample of the smoothed
 marginals, shared by decoders and KL; digest §5.1, §5.2):
@@ -116,8 +116,8 @@ class KalMambaConfig:
                                      # and time either way [§5.2 UNKNOWN]. "mean": the sum's gradient dominated the
                                      # model update at D = 64 (review D1; README "KalMamba learns")
     reg_detach_belief: bool = False  # stop-gradient into μ⁺, Σ⁺ in the regulariser [§5.2 INF: no]
-    kalman_method: str = "auto"      # models.kalman method: "auto" (parallel scan on CUDA, fused loop on CPU) |
-                                     # "fused" | "parallel" | "sequential" (reference loop)
+    kalman_method: str = "auto"      # models.kalman method: "auto" (parallel scan on CUDA, numba kernels on CPU) |
+                                     # "numba" | "fused" | "parallel" | "sequential" (reference loop)
     # optimisation (read by rl/agent.py)
     lr: float = 3e-4                 # Adam, CoRAL model lr [§5.4 INF]
     adam_eps: float = 1e-8
@@ -231,12 +231,14 @@ class KalMamba(nn.Module):
         self._check_batch(obs, prev_actions)
         target, w, var_w = self.latent_obs(obs, dequantize)
         out = {"target": target, "w": w, "var_w": var_w, **self.backbone(w, prev_actions)}
+        # validate=False: every variance here is positive by construction (softplus + a floor), so the value
+        # checks would only add passes over the data and host syncs to the training step
         mu_f, var_f, mu_p, var_p = kalman_filter(w, var_w, out["A"], out["b"], out["var_dyn"], self.mu0, self.var0,
-                                                 method=self.cfg.kalman_method)
+                                                 method=self.cfg.kalman_method, validate=False)
         out.update(mu_f=mu_f, var_f=var_f, mu_p=mu_p, var_p=var_p)
         if smooth:
             out["mu_s"], out["var_s"] = kalman_smoother(mu_f, var_f, mu_p, var_p, out["A"],
-                                                        method=self.cfg.kalman_method)
+                                                        method=self.cfg.kalman_method, validate=False)
         return out
 
     def _check_batch(self, obs: Tensor, prev_actions: Tensor, rewards: Tensor | None = None) -> None:

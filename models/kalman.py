@@ -38,9 +38,10 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from models import cpu_kernels
 from models.scan import associative_scan
 
-METHODS = ("auto", "fused", "parallel", "sequential")
+METHODS = ("auto", "fused", "numba", "parallel", "sequential")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -86,13 +87,21 @@ AUTO_PARALLEL_CPU_MAX_BD, AUTO_PARALLEL_CPU_MIN_T = 1024, 512
 
 
 def resolve_method(method: str, x: Tensor) -> str:
-    """The method that `method` runs for sequences like x (B, T, D): "auto" is "parallel" on CUDA, and on the CPU
-    "parallel" if B*D <= 1024 and T >= 512, else "fused" (module docstring); any other method is itself.
-    Raises ValueError for an unknown method."""
+    """The method that `method` runs for sequences like x (B, T, D): "auto" is "parallel" on CUDA; on the CPU
+    "numba" when numba is importable, else "parallel" if B*D <= 1024 and T >= 512 and "fused" otherwise (module
+    docstring); any other method is itself. Raises ValueError for an unknown method, and for "numba" on a
+    non-CPU tensor or without numba."""
     _check_method(method)
+    if method == "numba":
+        if x.device.type != "cpu" or not cpu_kernels.available():
+            raise ValueError(f"method: 'numba' needs CPU tensors and numba installed, got a tensor on {x.device}"
+                             + ("" if cpu_kernels.available() else " and no numba"))
+        return method
     if method != "auto":
         return method
     B, T, D = x.shape
+    if x.device.type == "cpu" and cpu_kernels.available():
+        return "numba"
     if x.is_cuda or (B * D <= AUTO_PARALLEL_CPU_MAX_BD and T >= AUTO_PARALLEL_CPU_MIN_T):
         return "parallel"
     return "fused"
@@ -433,12 +442,21 @@ def _smoother_fused(mu_f, var_f, mu_p, var_p, A):
     return _FusedSmoother.apply(mu_f, var_f, mu_p, var_p, A)
 
 
+def _filter_numba(w, var_w, A, b, var_dyn, mu0, var0, mask):
+    return cpu_kernels.KalmanFilterNumba.apply(w, var_w, A, b, var_dyn, mu0, var0, mask)
+
+
+def _smoother_numba(mu_f, var_f, mu_p, var_p, A):
+    return cpu_kernels.RTSSmootherNumba.apply(mu_f, var_f, mu_p, var_p, A)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------------------
 
 def kalman_filter(w: Tensor, var_w: Tensor, A: Tensor, b: Tensor, var_dyn: Tensor, mu0: Tensor, var0: Tensor,
-                  mask: Tensor | None = None, method: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  mask: Tensor | None = None, method: str = "auto",
+                  validate: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Diagonal Kalman filter with H = I.
 
     Args:
@@ -446,13 +464,17 @@ def kalman_filter(w: Tensor, var_w: Tensor, A: Tensor, b: Tensor, var_dyn: Tenso
         A, b, var_dyn: (B, T, D) transition z_t -> z_{t+1}; the last step (t = T-1) is not used.
         mu0, var0: (B, D) or (D,) prior of z_0 (updated directly by w[:, 0], no transition before t = 0).
         mask: (B, T) bool or None; False = observation missing, update skipped.
-        method: "auto" (default: `resolve_method`), "fused" (loop with analytic backward), "parallel"
-            (associative scan) or "sequential" (reference loop).
+        method: "auto" (default: `resolve_method`), "numba" (compiled loops, CPU), "fused" (loop with analytic
+            backward), "parallel" (associative scan) or "sequential" (reference loop).
+        validate: check the variances' values (> 0, not NaN). Each check is a pass over the data and a host sync
+            (bool of a tensor), so a training step whose variances are positive by construction (softplus, exp)
+            passes False; types, shapes, dtypes, devices and the method are always checked (no sync).
     Returns:
         mu_f, var_f: (B, T, D) filtered beliefs p(z_t | w_{0..t}).
         mu_p, var_p: (B, T, D) predictions p(z_t | w_{0..t-1}); at t = 0 the prior.
     Raises:
-        ValueError naming the argument for bad types, shapes, dtypes, devices, non-positive variances, or method.
+        ValueError naming the argument for bad types, shapes, dtypes, devices, method, or (validate=True)
+        non-positive variances.
     """
     _check_method(method)
     _check_tensor("w", w)
@@ -467,26 +489,31 @@ def kalman_filter(w: Tensor, var_w: Tensor, A: Tensor, b: Tensor, var_dyn: Tenso
             raise ValueError(f"{name}: expected shape {(B, D)} or {(D,)}, got {tuple(x.shape)}")
     if mask is not None:
         _check_mask(mask, (B, T), w.device)
-    _check_positive("var_w", var_w, None if mask is None else mask.unsqueeze(-1))
-    _check_positive("var_dyn", var_dyn[:, :-1])
-    _check_positive("var0", var0)
+    if validate:
+        _check_positive("var_w", var_w, None if mask is None else mask.unsqueeze(-1))
+        _check_positive("var_dyn", var_dyn[:, :-1])
+        _check_positive("var0", var0)
     mu0, var0 = mu0.expand(B, D), var0.expand(B, D)
-    run = {"fused": _filter_fused, "parallel": _filter_parallel,
+    run = {"fused": _filter_fused, "numba": _filter_numba, "parallel": _filter_parallel,
            "sequential": _filter_sequential}[resolve_method(method, w)]
     return run(w, var_w, A, b, var_dyn, mu0, var0, mask)
 
 
 def kalman_smoother(mu_f: Tensor, var_f: Tensor, mu_p: Tensor, var_p: Tensor, A: Tensor,
-                    method: str = "auto") -> tuple[Tensor, Tensor]:
+                    method: str = "auto", validate: bool = True) -> tuple[Tensor, Tensor]:
     """Rauch-Tung-Striebel smoother for the filter above.
 
     Args:
         mu_f, var_f, mu_p, var_p: (B, T, D) outputs of `kalman_filter`.
         A: (B, T, D) transition coefficients (the last step is not used).
-        method: "auto" (default: `resolve_method`), "fused", "parallel" (reverse associative scan) or
+        method: "auto" (default: `resolve_method`), "numba", "fused", "parallel" (reverse associative scan) or
             "sequential" (reference loop).
+        validate: check var_f > 0 and var_p[:, 1:] > 0 (as in `kalman_filter`; False skips these host syncs).
     Returns:
         mu_s, var_s: (B, T, D) smoothed beliefs p(z_t | w_{0..T-1}).
+    Raises:
+        ValueError naming the argument for bad types, shapes, dtypes, devices, method, or (validate=True)
+        non-positive variances.
     """
     _check_method(method)
     _check_tensor("mu_f", mu_f)
@@ -494,8 +521,9 @@ def kalman_smoother(mu_f: Tensor, var_f: Tensor, mu_p: Tensor, var_p: Tensor, A:
         raise ValueError(f"mu_f: expected shape (B, T, D) with T >= 1, got {tuple(mu_f.shape)}")
     for name, x in (("var_f", var_f), ("mu_p", mu_p), ("var_p", var_p), ("A", A)):
         _check_tensor(name, x, shape=mu_f.shape, like=mu_f)
-    _check_positive("var_f", var_f)
-    _check_positive("var_p", var_p[:, 1:])
-    run = {"fused": _smoother_fused, "parallel": _smoother_parallel,
+    if validate:
+        _check_positive("var_f", var_f)
+        _check_positive("var_p", var_p[:, 1:])
+    run = {"fused": _smoother_fused, "numba": _smoother_numba, "parallel": _smoother_parallel,
            "sequential": _smoother_sequential}[resolve_method(method, mu_f)]
     return run(mu_f, var_f, mu_p, var_p, A)

@@ -249,3 +249,110 @@ class RTSSmootherNumba(torch.autograd.Function):
         _rts_bwd(*(_np(x) for x in (var_f, mu_p, var_p, A, mu_s, var_s, g_mu_s, g_var_s)),
                  *(g.numpy() for g in grads))
         return tuple(grads)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Mamba's selective scan (Gu & Dao 2023, Alg. 2; symbols of models/mamba.py), per batch element b:
+#   Ā_t = exp(Δ_t A),  h_t = Ā_t ⊙ h_{t-1} + Δ_t u_t B_t  (h_{-1} = 0),  y_t = h_t C_t + D ⊙ u_t      (E, N) states
+# The forward keeps only the running state h (E, N); the backward recomputes Ā_t and h_t of one batch element into
+# per-thread scratch (T, E, N) — so no (B, T, E, N) tensor is allocated — and then runs the adjoint in reverse:
+#   g_t = Ā_{t+1} ⊙ g_{t+1} + ∂y_t ⊗ C_t,   S_t = g_t ⊙ Ā_t ⊙ h_{t-1}  (0 at t = 0)
+#   ∂C_t = Σ_e ∂y_t,e h_t,e    ∂B_t = Σ_e Δ_t,e u_t,e g_t,e    ∂A = Σ_{b,t} Δ_t ⊙ S_t    ∂D = Σ_{b,t} u ⊙ ∂y
+#   ∂(Δu)_t = Σ_n g_t B_t,   ∂Δ_t = u_t ∂(Δu)_t + Σ_n A ⊙ S_t,   ∂u_t = Δ_t ∂(Δu)_t + D ∂y_t
+# Batch elements are split over `n_chunks` chunks (one per thread); ∂A and ∂D are summed per chunk in float64.
+# ----------------------------------------------------------------------------------------------------------------
+
+@_jit
+def _selective_scan_fwd(u, delta, A, Bm, C, D, y, n_chunks):
+    Bn, T, E = u.shape
+    N = A.shape[1]
+    for c in prange(n_chunks):
+        h = np.empty((E, N), u.dtype)
+        for i in range(c, Bn, n_chunks):
+            h[:] = 0
+            for t in range(T):
+                for e in range(E):
+                    dt, ut = delta[i, t, e], u[i, t, e]
+                    du = dt * ut
+                    acc = D[e] * ut
+                    for n in range(N):
+                        x = np.exp(dt * A[e, n]) * h[e, n] + du * Bm[i, t, n]
+                        h[e, n] = x
+                        acc += x * C[i, t, n]
+                    y[i, t, e] = acc
+
+
+@_jit
+def _selective_scan_bwd(u, delta, A, Bm, C, D, gy, gu, gdelta, gB, gC, gA_part, gD_part, n_chunks):
+    Bn, T, E = u.shape
+    N = A.shape[1]
+    zero = u.dtype.type(0)
+    for c in prange(n_chunks):
+        dA = np.empty((T, E, N), u.dtype)   # Ā_t of one batch element
+        h = np.empty((T, E, N), u.dtype)    # h_t
+        g = np.empty((E, N), u.dtype)       # the adjoint g_t
+        for n in range(N):
+            for e in range(E):
+                gA_part[c, e, n] = 0.0
+        for e in range(E):
+            gD_part[c, e] = 0.0
+        for i in range(c, Bn, n_chunks):
+            for t in range(T):                                          # recompute Ā_t, h_t
+                for e in range(E):
+                    dt = delta[i, t, e]
+                    du = dt * u[i, t, e]
+                    for n in range(N):
+                        a = np.exp(dt * A[e, n])
+                        dA[t, e, n] = a
+                        h[t, e, n] = (a * h[t - 1, e, n] if t > 0 else zero) + du * Bm[i, t, n]
+            g[:] = 0
+            for t in range(T - 1, -1, -1):
+                for n in range(N):
+                    gB[i, t, n] = 0
+                    gC[i, t, n] = 0
+                for e in range(E):
+                    dt, ut, gye = delta[i, t, e], u[i, t, e], gy[i, t, e]
+                    du = dt * ut
+                    gdu = zero
+                    sa = zero
+                    for n in range(N):
+                        ge = (g[e, n] * dA[t + 1, e, n] if t + 1 < T else zero) + gye * C[i, t, n]
+                        g[e, n] = ge
+                        gC[i, t, n] += gye * h[t, e, n]
+                        gB[i, t, n] += du * ge
+                        gdu += ge * Bm[i, t, n]
+                        if t > 0:
+                            s = ge * dA[t, e, n] * h[t - 1, e, n]
+                            gA_part[c, e, n] += dt * s
+                            sa += A[e, n] * s
+                    gdelta[i, t, e] = gdu * ut + sa
+                    gu[i, t, e] = gdu * dt + D[e] * gye
+                    gD_part[c, e] += gye * ut
+
+
+class SelectiveScanNumba(torch.autograd.Function):
+    """The selective scan of models/mamba.py ("numba"): apply(u, delta, A, B, C, D) with u, delta (B, T, E),
+    A (E, N), B, C (B, T, N), D (E,) -> y (B, T, E). Saves only its inputs (the backward recomputes the states)."""
+
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D):
+        xs = [x.detach().contiguous() for x in (u, delta, A, B, C, D)]
+        y = _empty(xs[0])
+        n_chunks = min(torch.get_num_threads(), u.shape[0])
+        _set_threads()
+        _selective_scan_fwd(*(x.numpy() for x in xs), y.numpy(), n_chunks)
+        ctx.save_for_backward(*xs)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y):
+        u, delta, A, B, C, D = ctx.saved_tensors
+        n_chunks = min(torch.get_num_threads(), u.shape[0])
+        gu, gdelta, gB, gC = _empty(u), _empty(u), _empty(B), _empty(B)
+        gA_part = torch.empty((n_chunks, *A.shape), dtype=torch.float64)
+        gD_part = torch.empty((n_chunks, *D.shape), dtype=torch.float64)
+        _set_threads()
+        _selective_scan_bwd(*(x.numpy() for x in (u, delta, A, B, C, D)), _np(grad_y),
+                            *(x.numpy() for x in (gu, gdelta, gB, gC, gA_part, gD_part)), n_chunks)
+        return gu, gdelta, gA_part.sum(0).to(A.dtype), gB, gC, gD_part.sum(0).to(D.dtype)

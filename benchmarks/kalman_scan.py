@@ -8,8 +8,9 @@ autograd loop side by side, against dynamax's jitted sequential and parallel LGS
 What is timed (medians over `--repeats` repetitions after `--warmup` untimed calls per case; our cases of one
 (D, T) are interleaved in a fresh random order each repetition; wall time, or with `--clock cpu` this process's
 CPU time, which on a shared machine counts only our own work):
-- `forward_s`: kalman_filter + kalman_smoother under no_grad, with validate=False as in a training step (the value
-  checks of the public default are passes over the data the plain loop does not make either);
+- `forward_s`: kalman_filter_smoother (kalman_filter + kalman_smoother; one autograd Function for "numba") under
+  no_grad, with validate=False as in a training step (the value checks of the public default are passes over the
+  data the plain loop does not make either);
 - `fwd_bwd_s`: the same with autograd on all seven inputs, then backward of a scalar loss of all six outputs.
 Rows:
 - ours at D = --latent-dim (230, VRKN's latent size): "plain_loop" (the baseline: 15 lines of torch over unbind(1)
@@ -131,7 +132,7 @@ def scan_implementation(name: str):
 
 def our_call(system: dict[str, torch.Tensor], method: str, backward: bool) -> Callable[[], None]:
     """A closure that runs filter + smoother (and the backward) once, waiting for the device to finish."""
-    from models.kalman import kalman_filter, kalman_smoother
+    from models.kalman import kalman_filter_smoother
 
     sync = torch.cuda.synchronize if system["w"].is_cuda else (lambda: None)
 
@@ -141,8 +142,7 @@ def our_call(system: dict[str, torch.Tensor], method: str, backward: bool) -> Ca
     def filter_smoother(inputs):
         if method == "plain_loop":
             return plain_loop(**inputs)
-        f = kalman_filter(**inputs, method=kalman_method, validate=False)
-        return f + kalman_smoother(*f, inputs["A"], method=kalman_method, validate=False)
+        return kalman_filter_smoother(**inputs, method=kalman_method, validate=False)
 
     def run() -> None:
         with scan_implementation(scan):

@@ -93,8 +93,10 @@ def _kalman_filter_fwd(w, R, A, b, q, mu0, var0, mask, mu_f, var_f, mu_p, var_p)
 
 
 @_jit
-def _kalman_filter_bwd(w, R, A, mask, mu_f, var_f, mu_p, var_p, Gu, Gf, Gm, Gp, gw, gR, gA, gb, gq, g_mu0, g_var0):
+def _kalman_filter_bwd(w, R, A, mask, mu_f, var_f, mu_p, var_p, Gu, Gf, Gm, Gp, gw, gR, gA, gb, gq, g_mu0, g_var0,
+                       add_to_gA):
     # gb[:, t] = m̄_{t+1} and gq[:, t] = p̄_{t+1} (t < T-1) double as the carries of the adjoint recursion.
+    # add_to_gA: gA holds another gradient of A (the smoother's) and this one is added to it.
     Bn, T, D = w.shape
     for i in prange(Bn):
         for t in range(T - 1, -1, -1):
@@ -106,10 +108,12 @@ def _kalman_filter_bwd(w, R, A, mask, mu_f, var_f, mu_p, var_p, Gu, Gf, Gm, Gp, 
                     mb, pb = gb[i, t, d], gq[i, t, d]
                     u_bar = Gu[i, t, d] + a * mb
                     f_bar = Gf[i, t, d] + a * a * pb
-                    gA[i, t, d] = mb * u + (a + a) * f * pb
+                    ga = mb * u + (a + a) * f * pb
+                    gA[i, t, d] = gA[i, t, d] + ga if add_to_gA else ga
                 else:
                     u_bar, f_bar = Gu[i, t, d], Gf[i, t, d]
-                    gA[i, t, d] = 0
+                    if not add_to_gA:
+                        gA[i, t, d] = 0
                     gb[i, t, d] = 0
                     gq[i, t, d] = 0
                 if obs:
@@ -162,22 +166,25 @@ def _rts_fwd(mu_f, var_f, mu_p, var_p, A, mu_s, var_s):
 
 
 @_jit
-def _rts_bwd(var_f, mu_p, var_p, A, mu_s, var_s, Gs, Gv, g_mu_f, g_var_f, g_mu_p, g_var_p, gA):
-    # g_mu_f[:, t] = ū_t = σ_t is the carry of σ; ν is carried in a (D,) scratch per batch element.
+def _rts_bwd(var_f, mu_p, var_p, A, mu_s, var_s, Gs, Gv, g_mu_f, g_var_f, g_mu_p, g_var_p, gA, add_in, Gu, Gf, Gm, Gp):
+    # σ and ν are carried in (D,) scratch per batch element. add_in: the gradients Gu, Gf, Gm, Gp of the filter's
+    # outputs (mu_f, var_f, mu_p, var_p) from elsewhere are added to the smoother's (filter + smoother in one
+    # Function: no separate accumulation pass); otherwise these four arguments are not read.
     Bn, T, D = var_f.shape
     one, zero = var_f.dtype.type(1), var_f.dtype.type(0)
     for i in prange(Bn):
+        sig = np.empty(D, var_f.dtype)
         nu = np.empty(D, var_f.dtype)
         for d in range(D):
-            g_mu_f[i, 0, d] = Gs[i, 0, d]
+            sig[d] = Gs[i, 0, d]
             nu[d] = Gv[i, 0, d]
-            g_mu_p[i, 0, d] = zero
-            g_var_p[i, 0, d] = zero
+            g_mu_p[i, 0, d] = Gm[i, 0, d] if add_in else zero
+            g_var_p[i, 0, d] = Gp[i, 0, d] if add_in else zero
             gA[i, T - 1, d] = zero
         for t in range(T - 1):
             for d in range(D):
                 f, a, p1 = var_f[i, t, d], A[i, t, d], var_p[i, t + 1, d]
-                sigma, v = g_mu_f[i, t, d], nu[d]
+                sigma, v = sig[d], nu[d]
                 j = f * a / p1
                 kap = one - j * a
                 nu_f = v * f if kap > zero else zero
@@ -185,14 +192,26 @@ def _rts_bwd(var_f, mu_p, var_p, A, mu_s, var_s, Gs, Gv, g_mu_f, g_var_f, g_mu_p
                 j_bar = sigma * (mu_s[i, t + 1, d] - mu_p[i, t + 1, d]) + (j + j) * v * var_s[i, t + 1, d] \
                     - nu_f * a
                 x = j_bar / p1                                   # J̄ / p'
-                g_var_f[i, t, d] = v * kap + x * a
+                gf = v * kap + x * a
+                gm1 = -j * sigma
+                gp1 = -x * j
+                if add_in:
+                    g_mu_f[i, t, d] = sigma + Gu[i, t, d]
+                    g_var_f[i, t, d] = gf + Gf[i, t, d]
+                    g_mu_p[i, t + 1, d] = gm1 + Gm[i, t + 1, d]
+                    g_var_p[i, t + 1, d] = gp1 + Gp[i, t + 1, d]
+                else:
+                    g_mu_f[i, t, d] = sigma
+                    g_var_f[i, t, d] = gf
+                    g_mu_p[i, t + 1, d] = gm1
+                    g_var_p[i, t + 1, d] = gp1
                 gA[i, t, d] = x * f - nu_f * j
-                g_mu_p[i, t + 1, d] = -j * sigma
-                g_var_p[i, t + 1, d] = -x * j
-                g_mu_f[i, t + 1, d] = Gs[i, t + 1, d] + j * sigma
+                sig[d] = Gs[i, t + 1, d] + j * sigma
                 nu[d] = Gv[i, t + 1, d] + j * (j * v)
         for d in range(D):
-            g_var_f[i, T - 1, d] = nu[d]
+            g_mu_f[i, T - 1, d] = sig[d] + Gu[i, T - 1, d] if add_in else sig[d]
+            g_var_f[i, T - 1, d] = nu[d] + Gf[i, T - 1, d] if add_in else nu[d]
+
 
 
 def _empty(like: Tensor, shape=None) -> Tensor:
@@ -224,7 +243,7 @@ class KalmanFilterNumba(torch.autograd.Function):
         _set_threads()
         _kalman_filter_bwd(*(_np(x) for x in (w, var_w, A)), m.numpy(),
                            *(_np(x) for x in (mu_f, var_f, mu_p, var_p, g_mu_f, g_var_f, g_mu_p, g_var_p)),
-                           *(g.numpy() for g in (gw, gR, gA, gb, gq, g_mu0, g_var0)))
+                           *(g.numpy() for g in (gw, gR, gA, gb, gq, g_mu0, g_var0)), False)
         return gw, gR, gA, gb, gq, g_mu0, g_var0, None
 
 
@@ -246,9 +265,47 @@ class RTSSmootherNumba(torch.autograd.Function):
         var_f, mu_p, var_p, A, mu_s, var_s = ctx.saved_tensors
         grads = [_empty(var_f) for _ in range(5)]  # mu_f, var_f, mu_p, var_p, A
         _set_threads()
+        unused = np.empty((0, 0, 0), grads[0].numpy().dtype)
         _rts_bwd(*(_np(x) for x in (var_f, mu_p, var_p, A, mu_s, var_s, g_mu_s, g_var_s)),
-                 *(g.numpy() for g in grads))
+                 *(g.numpy() for g in grads), False, unused, unused, unused, unused)
         return tuple(grads)
+
+
+class KalmanFilterSmootherNumba(torch.autograd.Function):
+    """Filter and smoother in one Function (models/kalman.py `kalman_filter_smoother`, "numba"): apply(w, var_w, A,
+    b, var_dyn, mu0, var0, mask) -> (mu_f, var_f, mu_p, var_p, mu_s, var_s), each (B, T, D). Same values as the
+    two Functions above; its backward runs the smoother's adjoint, adding the gradients of the filter's outputs
+    inside the kernel, then the filter's, adding the gradient of A to the smoother's: no separate accumulation
+    passes over (B, T, D) tensors."""
+
+    @staticmethod
+    def forward(ctx, w, var_w, A, b, var_dyn, mu0, var0, mask):
+        B, T, D = w.shape
+        m = torch.ones(B, T, dtype=torch.bool) if mask is None else mask.contiguous()
+        outs = [_empty(w) for _ in range(6)]
+        xs = [_np(x) for x in (w, var_w, A, b, var_dyn, mu0, var0)]
+        _set_threads()
+        _kalman_filter_fwd(*xs, m.numpy(), *(o.numpy() for o in outs[:4]))
+        _rts_fwd(*(o.numpy() for o in outs[:4]), xs[2], outs[4].numpy(), outs[5].numpy())
+        ctx.save_for_backward(w, var_w, A, m, *outs)
+        return tuple(outs)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, *g_out):
+        w, var_w, A, m, mu_f, var_f, mu_p, var_p, mu_s, var_s = ctx.saved_tensors
+        G = [_np(g) for g in g_out]                               # mu_f, var_f, mu_p, var_p, mu_s, var_s
+        gf = [_empty(w) for _ in range(4)]                        # total gradients of mu_f, var_f, mu_p, var_p
+        gw, gR, gA, gb, gq = (_empty(w) for _ in range(5))
+        g_mu0, g_var0 = _empty(w, w[:, 0].shape), _empty(w, w[:, 0].shape)
+        f_np = [_np(x) for x in (mu_f, var_f, mu_p, var_p)]
+        A_np = _np(A)
+        _set_threads()
+        _rts_bwd(f_np[1], f_np[2], f_np[3], A_np, _np(mu_s), _np(var_s), G[4], G[5],
+                 *(g.numpy() for g in gf), gA.numpy(), True, *G[:4])
+        _kalman_filter_bwd(_np(w), _np(var_w), A_np, m.numpy(), *f_np, *(g.numpy() for g in gf),
+                           *(g.numpy() for g in (gw, gR, gA, gb, gq, g_mu0, g_var0)), True)
+        return gw, gR, gA, gb, gq, g_mu0, g_var0, None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -55,7 +55,7 @@ import torch
 from torch import Tensor, nn
 
 from models.diagnostics import kalman_gain_stats, kl_active_fraction
-from models.kalman import METHODS, kalman_filter, kalman_predict, kalman_smoother, kalman_update
+from models.kalman import METHODS, kalman_filter, kalman_filter_smoother, kalman_predict, kalman_update
 from models.mamba import BACKENDS, MambaStack
 from models.nets import (diag_gaussian_kl, gaussian_log_lik, is_image, make_decoder, make_encoder, mlp,
                          obs_to_target, over_time, reward_scale_for, scaled_sigmoid, softplus_positive)
@@ -233,12 +233,13 @@ class KalMamba(nn.Module):
         out = {"target": target, "w": w, "var_w": var_w, **self.backbone(w, prev_actions)}
         # validate=False: every variance here is positive by construction (softplus + a floor), so the value
         # checks would only add passes over the data and host syncs to the training step
-        mu_f, var_f, mu_p, var_p = kalman_filter(w, var_w, out["A"], out["b"], out["var_dyn"], self.mu0, self.var0,
-                                                 method=self.cfg.kalman_method, validate=False)
-        out.update(mu_f=mu_f, var_f=var_f, mu_p=mu_p, var_p=var_p)
+        args = (w, var_w, out["A"], out["b"], out["var_dyn"], self.mu0, self.var0)
         if smooth:
-            out["mu_s"], out["var_s"] = kalman_smoother(mu_f, var_f, mu_p, var_p, out["A"],
-                                                        method=self.cfg.kalman_method, validate=False)
+            beliefs = kalman_filter_smoother(*args, method=self.cfg.kalman_method, validate=False)
+            out.update(zip(("mu_f", "var_f", "mu_p", "var_p", "mu_s", "var_s"), beliefs))
+        else:
+            beliefs = kalman_filter(*args, method=self.cfg.kalman_method, validate=False)
+            out.update(zip(("mu_f", "var_f", "mu_p", "var_p"), beliefs))
         return out
 
     def _check_batch(self, obs: Tensor, prev_actions: Tensor, rewards: Tensor | None = None) -> None:

@@ -476,6 +476,14 @@ def kalman_filter(w: Tensor, var_w: Tensor, A: Tensor, b: Tensor, var_dyn: Tenso
         ValueError naming the argument for bad types, shapes, dtypes, devices, method, or (validate=True)
         non-positive variances.
     """
+    mu0, var0 = _check_filter_args(w, var_w, A, b, var_dyn, mu0, var0, mask, method, validate)
+    run = {"fused": _filter_fused, "numba": _filter_numba, "parallel": _filter_parallel,
+           "sequential": _filter_sequential}[resolve_method(method, w)]
+    return run(w, var_w, A, b, var_dyn, mu0, var0, mask)
+
+
+def _check_filter_args(w, var_w, A, b, var_dyn, mu0, var0, mask, method, validate) -> tuple[Tensor, Tensor]:
+    """kalman_filter's argument checks; returns mu0, var0 expanded to (B, D)."""
     _check_method(method)
     _check_tensor("w", w)
     if w.dim() != 3 or w.shape[1] == 0:
@@ -493,10 +501,7 @@ def kalman_filter(w: Tensor, var_w: Tensor, A: Tensor, b: Tensor, var_dyn: Tenso
         _check_positive("var_w", var_w, None if mask is None else mask.unsqueeze(-1))
         _check_positive("var_dyn", var_dyn[:, :-1])
         _check_positive("var0", var0)
-    mu0, var0 = mu0.expand(B, D), var0.expand(B, D)
-    run = {"fused": _filter_fused, "numba": _filter_numba, "parallel": _filter_parallel,
-           "sequential": _filter_sequential}[resolve_method(method, w)]
-    return run(w, var_w, A, b, var_dyn, mu0, var0, mask)
+    return mu0.expand(B, D), var0.expand(B, D)
 
 
 def kalman_smoother(mu_f: Tensor, var_f: Tensor, mu_p: Tensor, var_p: Tensor, A: Tensor,
@@ -527,3 +532,20 @@ def kalman_smoother(mu_f: Tensor, var_f: Tensor, mu_p: Tensor, var_p: Tensor, A:
     run = {"fused": _smoother_fused, "numba": _smoother_numba, "parallel": _smoother_parallel,
            "sequential": _smoother_sequential}[resolve_method(method, mu_f)]
     return run(mu_f, var_f, mu_p, var_p, A)
+
+
+def kalman_filter_smoother(w: Tensor, var_w: Tensor, A: Tensor, b: Tensor, var_dyn: Tensor, mu0: Tensor,
+                           var0: Tensor, mask: Tensor | None = None, method: str = "auto",
+                           validate: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`kalman_filter` followed by `kalman_smoother` (same arguments as `kalman_filter`, same method for both).
+
+    Returns (mu_f, var_f, mu_p, var_p, mu_s, var_s), each (B, T, D). With "numba" both run in one autograd
+    Function (`models.cpu_kernels.KalmanFilterSmootherNumba`), whose backward adds the gradients reaching the
+    filter's outputs directly and from the smoother inside one kernel; other methods call the two functions.
+    Raises ValueError as `kalman_filter` does.
+    """
+    mu0_, var0_ = _check_filter_args(w, var_w, A, b, var_dyn, mu0, var0, mask, method, validate)
+    if resolve_method(method, w) == "numba":
+        return cpu_kernels.KalmanFilterSmootherNumba.apply(w, var_w, A, b, var_dyn, mu0_, var0_, mask)
+    f = kalman_filter(w, var_w, A, b, var_dyn, mu0, var0, mask, method, validate=False)  # checked above
+    return f + kalman_smoother(*f, A, method=method, validate=validate)

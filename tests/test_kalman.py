@@ -7,7 +7,8 @@ import pytest
 import torch
 from filterpy.kalman import KalmanFilter, rts_smoother
 
-from models.kalman import kalman_filter, kalman_predict, kalman_smoother, kalman_update, resolve_method, rts_step
+from models.kalman import (kalman_filter, kalman_filter_smoother, kalman_predict, kalman_smoother, kalman_update,
+                           resolve_method, rts_step)
 
 METHODS = ["parallel", "sequential", "fused", "numba"]
 FAST = ["parallel", "fused", "numba"]  # checked against "sequential"
@@ -494,3 +495,37 @@ def test_validate_false_skips_only_the_value_checks(method):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_auto_is_parallel_on_cuda():
     assert resolve_method("auto", torch.zeros(2, 3, 4, device="cuda")) == "parallel"
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("T, masked", [(1, True), (2, False), (13, True)])
+def test_filter_smoother_in_one_call_equals_the_two_calls(method, T, masked):
+    """kalman_filter_smoother (for "numba" one autograd Function with an in-kernel accumulation of the gradients)
+    gives the values and gradients of kalman_filter followed by kalman_smoother, with every output weighted."""
+    system = random_system(2, T, 3, seed=700 + T, masked=masked)
+    names = ["w", "var_w", "A", "b", "var_dyn", "mu0", "var0"]
+    g = torch.Generator().manual_seed(701)
+    weights = {k: torch.randn(2, T, 3, generator=g, dtype=torch.float64) for k in NAMES}
+    results = []
+    for one_call in (False, True):
+        inputs = {k: (v.clone().requires_grad_(True) if k in names else v) for k, v in system.items()}
+        out = dict(zip(NAMES, kalman_filter_smoother(**inputs, method=method))) if one_call else run(inputs, method)
+        loss = sum((weights[k] * out[k]).sum() + (out[k] ** 2).sum() for k in NAMES)
+        results.append([out[k] for k in NAMES] + list(torch.autograd.grad(
+            loss, [inputs[k] for k in names], allow_unused=True, materialize_grads=True)))
+    for i, (got, want) in enumerate(zip(*results[::-1])):
+        assert_rel_close(got, want, 1e-12, f"output/grad {i}")
+    with pytest.raises(ValueError, match="^var_w"):
+        kalman_filter_smoother(**dict(system, var_w=-system["var_w"], mask=None), method=method)
+
+
+@pytest.mark.parametrize("T, masked", [(1, True), (4, True), (5, False)])
+def test_gradcheck_filter_smoother_numba(T, masked):
+    system = random_system(2, T, 2, seed=800 + T, masked=masked)
+    names = ["w", "var_w", "A", "b", "var_dyn", "mu0", "var0"]
+
+    def fn(*xs):
+        return kalman_filter_smoother(**dict(system, **dict(zip(names, xs))), method="numba")
+
+    assert torch.autograd.gradcheck(fn, [system[k].clone().requires_grad_(True) for k in names])
+

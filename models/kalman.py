@@ -16,12 +16,15 @@ Methods (the `method` argument of `kalman_filter` and `kalman_smoother`):
 - "fused": the same recursion as one loop over (B, D) slices per direction, each step a few fused element-wise ops
   written straight into the outputs, with the analytic backward (the adjoint recursions below) as a
   `torch.autograd.Function`. Neither direction builds an autograd graph per step. No double backward.
+- "numba": the fused recursion and its adjoint compiled with numba (models/cpu_kernels.py; CPU, float32/float64,
+  no double backward); `kalman_filter_smoother` runs filter and smoother as one autograd Function.
 - "parallel": Särkkä & García-Fernández (2021) specialised to diagonals (digest §4.2): one forward associative
   scan for the filter, one reverse scan for the smoother: depth O(log T), ~3x the element-wise work of a loop.
 - "auto" (the default, and what every caller in kalbench uses) picks by device and size (`resolve_method`):
   "parallel" on CUDA, where a loop of T small kernels is latency-bound and the scan's depth wins; on the CPU
-  "parallel" only for few elements per step and long sequences (B*D <= 1024 and T >= 512), where the loop's
-  per-op overhead dominates, and "fused" otherwise: with thousands of elements per step each loop op already does
+  "numba" when numba is importable (one compiled loop has no per-op overhead); without numba "parallel" only for
+  few elements per step and long sequences (B*D <= 1024 and T >= 512), where the loop's per-op overhead
+  dominates, and "fused" otherwise: with thousands of elements per step each loop op already does
   real work and the scan's extra element-wise work costs more than its depth saves. benchmarks/kalman_scan.py
   measures all of them side by side with a plain autograd loop (README, "Benchmarks").
 

@@ -8,12 +8,16 @@ autograd loop side by side, against dynamax's jitted sequential and parallel LGS
 What is timed (medians over `--repeats` repetitions after `--warmup` untimed calls per case; our cases of one
 (D, T) are interleaved in a fresh random order each repetition; wall time, or with `--clock cpu` this process's
 CPU time, which on a shared machine counts only our own work):
-- `forward_s`: kalman_filter + kalman_smoother under no_grad;
+- `forward_s`: kalman_filter_smoother (kalman_filter + kalman_smoother; one autograd Function for "numba") under
+  no_grad, with validate=False as in a training step (the value checks of the public default are passes over the
+  data the plain loop does not make either);
 - `fwd_bwd_s`: the same with autograd on all seven inputs, then backward of a scalar loss of all six outputs.
 Rows:
 - ours at D = --latent-dim (230, VRKN's latent size): "plain_loop" (the baseline: 15 lines of torch over unbind(1)
   views, autograd, no checks: `plain_loop`), "sequential", "fused", "parallel" (our scan), "parallel_torchscan"
-  (our elements and combines scanned by torch's prototype generic associative scan) and "auto" (the default, which
+  (our elements and combines scanned by torch's prototype generic associative scan), "numba" (compiled loops with
+  the analytic backward, models/cpu_kernels.py; CPU only; its `compile_s` is the first call in this process: JIT
+  compile, or loading the on-disk cache) and "auto" (the default, which
   resolves to one of the others by device: models.kalman.resolve_method);
 - at D = --dynamax-dim (default 16: dynamax takes full D x D matrices; its parallel versions solve D x D systems
   in every combine): ours "sequential"/"parallel" and dynamax "sequential" (`lgssm_smoother`, lax.scan) and
@@ -56,7 +60,7 @@ from benchmarks.machine import describe
 from rl.io import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-OUR_METHODS = ("plain_loop", "sequential", "fused", "parallel", "parallel_torchscan", "auto")
+OUR_METHODS = ("plain_loop", "sequential", "fused", "numba", "parallel", "parallel_torchscan", "auto")
 DYNAMAX_METHODS = ("sequential", "parallel")
 DEFAULTS = {"context_lengths": [32, 64, 128, 256, 512, 1024], "batch_size": 32, "latent_dim": 230,
             "dynamax_dim": 16, "repeats": 5, "warmup": 1}
@@ -128,7 +132,7 @@ def scan_implementation(name: str):
 
 def our_call(system: dict[str, torch.Tensor], method: str, backward: bool) -> Callable[[], None]:
     """A closure that runs filter + smoother (and the backward) once, waiting for the device to finish."""
-    from models.kalman import kalman_filter, kalman_smoother
+    from models.kalman import kalman_filter_smoother
 
     sync = torch.cuda.synchronize if system["w"].is_cuda else (lambda: None)
 
@@ -138,8 +142,7 @@ def our_call(system: dict[str, torch.Tensor], method: str, backward: bool) -> Ca
     def filter_smoother(inputs):
         if method == "plain_loop":
             return plain_loop(**inputs)
-        f = kalman_filter(**inputs, method=kalman_method)
-        return f + kalman_smoother(*f, inputs["A"], method=kalman_method)
+        return kalman_filter_smoother(**inputs, method=kalman_method, validate=False)
 
     def run() -> None:
         with scan_implementation(scan):
@@ -176,17 +179,26 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
 
 def run_ours(B: int, D: int, context_lengths: list[int], methods: tuple[str, ...], repeats: int, warmup: int,
              log: Callable[[str], None], device: str = "cpu", clock: str = "wall") -> list[dict]:
+    from models.kalman import resolve_method
+
     rows = []
     for T in context_lengths:
         system = {k: v.to(device) for k, v in make_system(B, T, D, seed=T).items()}
         calls = {(m, bwd): our_call(system, m, bwd) for m in methods for bwd in (False, True)}
+        first_call = {}
+        for m in methods:  # compiled kernels: the first call in this process compiles or loads the JIT cache
+            if m == "numba" or (m == "auto" and resolve_method("auto", system["w"]) == "numba"):
+                t0 = time.perf_counter()
+                calls[(m, False)]()
+                calls[(m, True)]()
+                first_call[m] = time.perf_counter() - t0
         samples = time_interleaved(calls, repeats, warmup, seed=T, clock=CLOCKS[clock])
         for m in methods:
             fwd, both = samples[(m, False)], samples[(m, True)]
             rows.append({"impl": "ours", "method": m, "context_length": T, "batch_size": B, "latent_dim": D,
                          "dtype": "float32", "device": device, "forward_s": statistics.median(fwd),
                          "fwd_bwd_s": statistics.median(both), "forward_s_samples": fwd, "fwd_bwd_s_samples": both,
-                         "compile_s": None, "max_rel_diff_vs_ours": None, "status": "ok"})
+                         "compile_s": first_call.get(m), "max_rel_diff_vs_ours": None, "status": "ok"})
             log(format_row(rows[-1]))
     return rows
 
@@ -416,7 +428,8 @@ def main(argv=None) -> int:
             for T in Ts}
     log(f"Kalman filter + smoother, B={B}, float32, {args.device}, torch threads {torch.get_num_threads()}, "
         f"auto = " + ", ".join(f"{m} at T={T}" for T, m in auto.items()))
-    rows = run_ours(B, args.latent_dim, Ts, tuple(args.methods), args.repeats, args.warmup, log, args.device,
+    methods = tuple(m for m in args.methods if m != "numba" or args.device == "cpu")  # numba: CPU kernels only
+    rows = run_ours(B, args.latent_dim, Ts, methods, args.repeats, args.warmup, log, args.device,
                     args.clock)
     if args.dynamax:
         if args.dynamax_dim != args.latent_dim:

@@ -1,26 +1,32 @@
-"""Selective-scan benchmark (issue 12, part 2): Mamba's selective scan on CPU, our CPU loop against our parallel
-scan and against mambapy's pure-PyTorch parallel scan, on the same inputs, side by side.
+"""Selective-scan benchmark (issue 12, part 2): Mamba's selective scan on CPU, our CPU default (numba kernels) and
+our torch loop against our parallel scan and against mambapy's pure-PyTorch parallel scan, on the same inputs,
+side by side.
 
     python -m benchmarks.selective_scan                       # B=16, T=64, E=512, N=16, float32, 2 threads
     python -m benchmarks.selective_scan --context-lengths 64 256 --repeats 5
     python -m benchmarks.selective_scan --quick --out /tmp/s.json       # tiny sizes: a smoke test
 
 Rows (`impl`), each computing y = selective_scan(u, Δ, A, B, C, D) (models/mamba.py, shapes there):
-- "loop":     `models.mamba.selective_scan(method="loop")`, the CPU default (time loop, analytic backward);
+- "numba":    `models.mamba.selective_scan(method="numba")`, the CPU default when numba is installed (compiled
+              loops, analytic backward, models/cpu_kernels.py); `first_call_s`: its first forward + backward in
+              this process (JIT compile, or loading numba's on-disk cache);
+- "loop":     `models.mamba.selective_scan(method="loop")`, the torch time loop (analytic backward; the CPU
+              default before numba);
 - "parallel": `models.mamba.selective_scan(method="parallel")`, our O(log T) scan (the CPU path before issue 12);
 - "mambapy":  `mambapy.mamba.MambaBlock.selective_scan` (PyPI `mambapy`, the `bench` extra): Blelloch `pscan`
               with its own backward, the reference pure-PyTorch Mamba. Skipped when mambapy is not installed.
 What is timed (medians over `--repeats` repetitions after `--warmup` untimed calls; all rows of one T interleaved
-in a fresh random order each repetition): `forward_s` the scan under no_grad; `fwd_bwd_s` the scan with autograd
+in a fresh random order each repetition; wall time, or with `--clock cpu` this process's CPU time, which on a
+shared machine counts only our own work, best with --threads 1): `forward_s` the scan under no_grad; `fwd_bwd_s` the scan with autograd
 on all six inputs, then the backward of sum(y * w) for a fixed random w. `max_abs_diff_vs_loop`: the largest
 difference of y from the "loop" row's, relative to max |y|.
 
 Output: a table on stdout and JSON at --out:
     {"machine": benchmarks.machine.describe(), "config": {...}, "summary": {...},
      "results": [{"impl", "context_length", "batch_size", "d_inner", "d_state", "forward_s", "fwd_bwd_s",
-                  "forward_s_samples", "fwd_bwd_s_samples", "max_abs_diff_vs_loop", "status"}, ...]}
-`summary["speedup_fwd_bwd"]` holds, per T, parallel / loop and mambapy / loop (fwd_bwd_s), with the issue's
-targets: >= 5 over our parallel scan, >= 1 over mambapy.
+                  "forward_s_samples", "fwd_bwd_s_samples", "max_abs_diff_vs_loop", "first_call_s", "status"}, ...]}
+`summary["speedup_fwd_bwd"]` holds, per T, each other row's fwd_bwd_s / the CPU default's (`summary["default"]`:
+"numba", or "loop" without numba), with the issue's targets: >= 5 over our parallel scan, >= 1 over mambapy.
 """
 from __future__ import annotations
 
@@ -36,11 +42,18 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.machine import describe
+from models import cpu_kernels
 from models.mamba import selective_scan
 from rl.io import atomic_write_text
 
-IMPLS = ("loop", "parallel", "mambapy")
-TARGETS = {"parallel": 5.0, "mambapy": 1.0}     # required fwd_bwd speed-up of "loop" over each row
+IMPLS = ("numba", "loop", "parallel", "mambapy")
+TARGETS = {"parallel": 5.0, "mambapy": 1.0}     # required fwd_bwd speed-up of the CPU default over each row
+CLOCKS = {"wall": time.perf_counter, "cpu": time.process_time}
+
+
+def default_impl() -> str:
+    """What selective_scan(method="auto") runs on CPU."""
+    return "numba" if cpu_kernels.available() else "loop"
 DEFAULTS = {"context_lengths": [64], "batch_size": 16, "d_inner": 512, "d_state": 16, "repeats": 7, "warmup": 2,
             "threads": 2}
 QUICK = {"context_lengths": [5, 8], "batch_size": 2, "d_inner": 8, "d_state": 4, "repeats": 2, "warmup": 1}
@@ -58,6 +71,8 @@ def mambapy_scan() -> Callable | None:
 def implementation(name: str) -> Callable | None:
     if name == "mambapy":
         return mambapy_scan()
+    if name == "numba" and not cpu_kernels.available():
+        return None
     return lambda *xs: selective_scan(*xs, method=name)
 
 
@@ -86,7 +101,7 @@ def calls(fn: Callable, xs: list[torch.Tensor], w: torch.Tensor) -> dict[str, Ca
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    rows = []
+    rows, clock = [], CLOCKS[args.clock]
     for T in args.context_lengths:
         xs, w = make_inputs(args.batch_size, T, args.d_inner, args.d_state, args.seed + T)
         fns = {name: implementation(name) for name in IMPLS}
@@ -96,11 +111,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for name, fn in fns.items():
             row = {"impl": name, "context_length": T, "batch_size": args.batch_size, "d_inner": args.d_inner,
                    "d_state": args.d_state, "forward_s": None, "fwd_bwd_s": None, "forward_s_samples": [],
-                   "fwd_bwd_s_samples": [], "max_abs_diff_vs_loop": None, "status": "ok"}
+                   "fwd_bwd_s_samples": [], "max_abs_diff_vs_loop": None, "first_call_s": None, "status": "ok"}
             rows.append(row)
             if fn is None:
-                row["status"] = "skipped: mambapy is not installed (pip install .[bench])"
+                row["status"] = f"skipped: {name} is not installed" + (" (pip install .[bench])" if name == "mambapy"
+                                                                         else "")
                 continue
+            t0 = time.perf_counter()
+            for call in calls(fn, xs, w).values():
+                call()
+            row["first_call_s"] = time.perf_counter() - t0
             with torch.no_grad():
                 row["max_abs_diff_vs_loop"] = ((fn(*xs) - y_loop).abs().max() / y_loop.abs().max()).item()
             row_of[name] = row
@@ -112,9 +132,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(args.repeats):
             rng.shuffle(cases)
             for name, key, call in cases:
-                t0 = time.perf_counter()
+                t0 = clock()
                 call()
-                row_of[name][f"{key}_samples"].append(time.perf_counter() - t0)
+                row_of[name][f"{key}_samples"].append(clock() - t0)
         for row in row_of.values():
             for key in ("forward_s", "fwd_bwd_s"):
                 row[key] = statistics.median(row[f"{key}_samples"])
@@ -122,27 +142,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def summarise(rows: list[dict]) -> dict:
-    """Per T: fwd_bwd_s of each other row / the loop's, next to the target."""
+    """Per T: fwd_bwd_s of each other row / the CPU default's, next to the targets."""
+    base = default_impl()
     t = {(r["impl"], r["context_length"]): r["fwd_bwd_s"] for r in rows if r["fwd_bwd_s"] is not None}
     speedup: dict[str, dict[str, float]] = {}
     for (impl, T), secs in sorted(t.items()):
-        if impl != "loop" and ("loop", T) in t:
-            speedup.setdefault(impl, {})[str(T)] = secs / t[("loop", T)]
-    return {"speedup_fwd_bwd": speedup, "targets": TARGETS}
+        if impl != base and (base, T) in t:
+            speedup.setdefault(impl, {})[str(T)] = secs / t[(base, T)]
+    return {"default": base, "speedup_fwd_bwd": speedup, "targets": TARGETS}
 
 
 def format_table(data: dict) -> str:
     cfg = data["config"]
     lines = [f"selective_scan: B={cfg['batch_size']}, E={cfg['d_inner']}, N={cfg['d_state']}, float32, "
-             f"{cfg['threads']} torch threads, medians of {cfg['repeats']}",
+             f"{cfg['threads']} torch threads, {cfg['clock']} clock, medians of {cfg['repeats']}",
              f"{'impl':>9} {'T':>5} {'forward ms':>11} {'fwd+bwd ms':>11} {'rel diff':>9}  status"]
     for r in data["results"]:
         ms = [("-" if r[k] is None else f"{1000 * r[k]:.1f}") for k in ("forward_s", "fwd_bwd_s")]
         diff = "-" if r["max_abs_diff_vs_loop"] is None else f"{r['max_abs_diff_vs_loop']:.1e}"
         lines.append(f"{r['impl']:>9} {r['context_length']:>5} {ms[0]:>11} {ms[1]:>11} {diff:>9}  {r['status']}")
+    base = data["summary"]["default"]
     for impl, per_T in data["summary"]["speedup_fwd_bwd"].items():
-        lines.append(f"fwd+bwd speed-up of loop over {impl}: "
-                     + ", ".join(f"T={T}: {v:.2f}x" for T, v in per_T.items()) + f" (target >= {TARGETS[impl]:g}x)")
+        lines.append(f"fwd+bwd speed-up of {base} over {impl}: "
+                     + ", ".join(f"T={T}: {v:.2f}x" for T, v in per_T.items())
+                     + (f" (target >= {TARGETS[impl]:g}x)" if impl in TARGETS else ""))
+    for r in data["results"]:
+        if r["first_call_s"] is not None and r["impl"] == "numba":
+            lines.append(f"numba first call (compile or cache load), T={r['context_length']}: {r['first_call_s']:.1f} s")
     return "\n".join(lines)
 
 
@@ -156,6 +182,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, help=f"untimed calls per case (default {DEFAULTS['warmup']})")
     p.add_argument("--threads", type=int, help=f"torch threads (default {DEFAULTS['threads']})")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clock", default="wall", choices=list(CLOCKS), help="wall time or this process's CPU time")
     p.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test, not numbers")
     p.add_argument("--out", default="results/bench/selective_scan.json", help="JSON output path")
     args = p.parse_args(argv)
@@ -177,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     torch.set_num_threads(args.threads)
     config = {k: getattr(args, k) for k in ("context_lengths", "batch_size", "d_inner", "d_state", "repeats",
-                                            "warmup", "threads", "seed", "quick")}
+                                            "warmup", "threads", "seed", "quick", "clock")}
     data = {"machine": describe(), "config": config, **run(args)}
     print(format_table(data))
     atomic_write_text(args.out, json.dumps(data, indent=1) + "\n")

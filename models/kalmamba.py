@@ -15,7 +15,7 @@ Latent state z_t ∈ R^D, all covariances diagonal, every product element-wise.
 The encoder and prior lines are `models.nets.LatentObservation` (shared with VRKN).
 
 No dynamics parameter depends on a filter output, so the backbone is one parallel Mamba pass and the filter and
-smoother are two associative scans (`models.kalman`, method "parallel").
+smoother are two associative scans on GPU (`models.kalman`, method "parallel"; on CPU compiled loops, "numba").
 
 Loss (per time step, averaged over batch and time; ẑ_t ~ N(μˢ_t, Σˢ_t) one reparameterised sample of the smoothed
 marginals, shared by decoders and KL; docs/paper-notes.md#smoothing-elbo, paper Eq. 2):
@@ -57,7 +57,7 @@ import torch
 from torch import Tensor, nn
 
 from models.diagnostics import kalman_gain_stats, kl_active_fraction
-from models.kalman import (METHODS, kalman_filter, kalman_predict, kalman_smoother, kalman_update,
+from models.kalman import (METHODS, kalman_filter, kalman_filter_smoother, kalman_predict, kalman_update,
                            smoothed_conditional_kl)
 from models.mamba import BACKENDS, MambaStack
 from models.nets import (LatentObservation, diag_gaussian_kl, gaussian_log_lik, make_decoder, mlp, over_time,
@@ -119,8 +119,8 @@ class KalMambaConfig:
                                      # and time either way [UNKNOWN]. "mean": the sum's gradient dominated the
                                      # model update at D = 64 (docs/paper-notes.md#regulariser-reduction)
     reg_detach_belief: bool = False  # stop-gradient into μ⁺, Σ⁺ in R [INF: no; docs/paper-notes.md#stop-gradient]
-    kalman_method: str = "auto"      # models.kalman method: "auto" (parallel scan on CUDA, fused loop on CPU) |
-                                     # "fused" | "parallel" | "sequential" (reference loop)
+    kalman_method: str = "auto"      # models.kalman method: "auto" (parallel scan on CUDA, numba kernels on CPU) |
+                                     # "numba" | "fused" | "parallel" | "sequential" (reference loop)
     # optimisation (read by rl/agent.py)
     lr: float = 3e-4                 # Adam, CoRAL model lr [C-CoRAL]
     adam_eps: float = 1e-8
@@ -234,12 +234,15 @@ class KalMamba(nn.Module):
         self._check_batch(obs, prev_actions)
         target, w, var_w = self.latent_obs(obs, dequantize)
         out = {"target": target, "w": w, "var_w": var_w, **self.backbone(w, prev_actions)}
-        mu_f, var_f, mu_p, var_p = kalman_filter(w, var_w, out["A"], out["b"], out["var_dyn"], self.mu0, self.var0,
-                                                 method=self.cfg.kalman_method)
-        out.update(mu_f=mu_f, var_f=var_f, mu_p=mu_p, var_p=var_p)
+        # validate=False: every variance here is positive by construction (softplus + a floor), so the value
+        # checks would only add passes over the data and host syncs to the training step
+        args = (w, var_w, out["A"], out["b"], out["var_dyn"], self.mu0, self.var0)
         if smooth:
-            out["mu_s"], out["var_s"] = kalman_smoother(mu_f, var_f, mu_p, var_p, out["A"],
-                                                        method=self.cfg.kalman_method)
+            beliefs = kalman_filter_smoother(*args, method=self.cfg.kalman_method, validate=False)
+            out.update(zip(("mu_f", "var_f", "mu_p", "var_p", "mu_s", "var_s"), beliefs))
+        else:
+            beliefs = kalman_filter(*args, method=self.cfg.kalman_method, validate=False)
+            out.update(zip(("mu_f", "var_f", "mu_p", "var_p"), beliefs))
         return out
 
     def _check_batch(self, obs: Tensor, prev_actions: Tensor, rewards: Tensor | None = None) -> None:

@@ -16,12 +16,15 @@ Methods (the `method` argument of `kalman_filter` and `kalman_smoother`):
 - "fused": the same recursion as one loop over (B, D) slices per direction, each step a few fused element-wise ops
   written straight into the outputs, with the analytic backward (the adjoint recursions below) as a
   `torch.autograd.Function`. Neither direction builds an autograd graph per step. No double backward.
+- "numba": the fused recursion and its adjoint compiled with numba (models/cpu_kernels.py; CPU, float32/float64,
+  no double backward); `kalman_filter_smoother` runs filter and smoother as one autograd Function.
 - "parallel": Särkkä & García-Fernández (2021, arXiv:1905.13002) specialised to diagonals: one forward associative
   scan for the filter, one reverse scan for the smoother: depth O(log T), ~3x the element-wise work of a loop.
 - "auto" (the default, and what every caller in kalbench uses) picks by device and size (`resolve_method`):
   "parallel" on CUDA, where a loop of T small kernels is latency-bound and the scan's depth wins; on the CPU
-  "parallel" only for few elements per step and long sequences (B*D <= 1024 and T >= 512), where the loop's
-  per-op overhead dominates, and "fused" otherwise: with thousands of elements per step each loop op already does
+  "numba" when numba is importable (one compiled loop has no per-op overhead); without numba "parallel" only for
+  few elements per step and long sequences (B*D <= 1024 and T >= 512), where the loop's per-op overhead
+  dominates, and "fused" otherwise: with thousands of elements per step each loop op already does
   real work and the scan's extra element-wise work costs more than its depth saves. benchmarks/kalman_scan.py
   measures all of them side by side with a plain autograd loop (README, "Benchmarks").
 
@@ -45,9 +48,10 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from models.nets import diag_gaussian_kl
+from models import cpu_kernels
 from models.scan import associative_scan
 
-METHODS = ("auto", "fused", "parallel", "sequential")
+METHODS = ("auto", "fused", "numba", "parallel", "sequential")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -93,13 +97,21 @@ AUTO_PARALLEL_CPU_MAX_BD, AUTO_PARALLEL_CPU_MIN_T = 1024, 512
 
 
 def resolve_method(method: str, x: Tensor) -> str:
-    """The method that `method` runs for sequences like x (B, T, D): "auto" is "parallel" on CUDA, and on the CPU
-    "parallel" if B*D <= 1024 and T >= 512, else "fused" (module docstring); any other method is itself.
-    Raises ValueError for an unknown method."""
+    """The method that `method` runs for sequences like x (B, T, D): "auto" is "parallel" on CUDA; on the CPU
+    "numba" when numba is importable, else "parallel" if B*D <= 1024 and T >= 512 and "fused" otherwise (module
+    docstring); any other method is itself. Raises ValueError for an unknown method, and for "numba" on a
+    non-CPU tensor or without numba."""
     _check_method(method)
+    if method == "numba":
+        if x.device.type != "cpu" or not cpu_kernels.available():
+            raise ValueError(f"method: 'numba' needs CPU tensors and numba installed, got a tensor on {x.device}"
+                             + ("" if cpu_kernels.available() else " and no numba"))
+        return method
     if method != "auto":
         return method
     B, T, D = x.shape
+    if x.device.type == "cpu" and cpu_kernels.available():
+        return "numba"
     if x.is_cuda or (B * D <= AUTO_PARALLEL_CPU_MAX_BD and T >= AUTO_PARALLEL_CPU_MIN_T):
         return "parallel"
     return "fused"
@@ -451,12 +463,21 @@ def _smoother_fused(mu_f, var_f, mu_p, var_p, A):
     return _FusedSmoother.apply(mu_f, var_f, mu_p, var_p, A)
 
 
+def _filter_numba(w, var_w, A, b, var_dyn, mu0, var0, mask):
+    return cpu_kernels.KalmanFilterNumba.apply(w, var_w, A, b, var_dyn, mu0, var0, mask)
+
+
+def _smoother_numba(mu_f, var_f, mu_p, var_p, A):
+    return cpu_kernels.RTSSmootherNumba.apply(mu_f, var_f, mu_p, var_p, A)
+
+
 # ----------------------------------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------------------------------
 
 def kalman_filter(w: Tensor, var_w: Tensor, A: Tensor, b: Tensor, var_dyn: Tensor, mu0: Tensor, var0: Tensor,
-                  mask: Tensor | None = None, method: str = "auto") -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                  mask: Tensor | None = None, method: str = "auto",
+                  validate: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Diagonal Kalman filter with H = I.
 
     Args:
@@ -464,14 +485,26 @@ def kalman_filter(w: Tensor, var_w: Tensor, A: Tensor, b: Tensor, var_dyn: Tenso
         A, b, var_dyn: (B, T, D) transition z_t -> z_{t+1}; the last step (t = T-1) is not used.
         mu0, var0: (B, D) or (D,) prior of z_0 (updated directly by w[:, 0], no transition before t = 0).
         mask: (B, T) bool or None; False = observation missing, update skipped.
-        method: "auto" (default: `resolve_method`), "fused" (loop with analytic backward), "parallel"
-            (associative scan) or "sequential" (reference loop).
+        method: "auto" (default: `resolve_method`), "numba" (compiled loops, CPU), "fused" (loop with analytic
+            backward), "parallel" (associative scan) or "sequential" (reference loop).
+        validate: check the variances' values (> 0, not NaN). Each check is a pass over the data and a host sync
+            (bool of a tensor), so a training step whose variances are positive by construction (softplus, exp)
+            passes False; types, shapes, dtypes, devices and the method are always checked (no sync).
     Returns:
         mu_f, var_f: (B, T, D) filtered beliefs p(z_t | w_{0..t}).
         mu_p, var_p: (B, T, D) predictions p(z_t | w_{0..t-1}); at t = 0 the prior.
     Raises:
-        ValueError naming the argument for bad types, shapes, dtypes, devices, non-positive variances, or method.
+        ValueError naming the argument for bad types, shapes, dtypes, devices, method, or (validate=True)
+        non-positive variances.
     """
+    mu0, var0 = _check_filter_args(w, var_w, A, b, var_dyn, mu0, var0, mask, method, validate)
+    run = {"fused": _filter_fused, "numba": _filter_numba, "parallel": _filter_parallel,
+           "sequential": _filter_sequential}[resolve_method(method, w)]
+    return run(w, var_w, A, b, var_dyn, mu0, var0, mask)
+
+
+def _check_filter_args(w, var_w, A, b, var_dyn, mu0, var0, mask, method, validate) -> tuple[Tensor, Tensor]:
+    """kalman_filter's argument checks; returns mu0, var0 expanded to (B, D)."""
     _check_method(method)
     _check_tensor("w", w)
     if w.dim() != 3 or w.shape[1] == 0:
@@ -485,26 +518,28 @@ def kalman_filter(w: Tensor, var_w: Tensor, A: Tensor, b: Tensor, var_dyn: Tenso
             raise ValueError(f"{name}: expected shape {(B, D)} or {(D,)}, got {tuple(x.shape)}")
     if mask is not None:
         _check_mask(mask, (B, T), w.device)
-    _check_positive("var_w", var_w, None if mask is None else mask.unsqueeze(-1))
-    _check_positive("var_dyn", var_dyn[:, :-1])
-    _check_positive("var0", var0)
-    mu0, var0 = mu0.expand(B, D), var0.expand(B, D)
-    run = {"fused": _filter_fused, "parallel": _filter_parallel,
-           "sequential": _filter_sequential}[resolve_method(method, w)]
-    return run(w, var_w, A, b, var_dyn, mu0, var0, mask)
+    if validate:
+        _check_positive("var_w", var_w, None if mask is None else mask.unsqueeze(-1))
+        _check_positive("var_dyn", var_dyn[:, :-1])
+        _check_positive("var0", var0)
+    return mu0.expand(B, D), var0.expand(B, D)
 
 
 def kalman_smoother(mu_f: Tensor, var_f: Tensor, mu_p: Tensor, var_p: Tensor, A: Tensor,
-                    method: str = "auto") -> tuple[Tensor, Tensor]:
+                    method: str = "auto", validate: bool = True) -> tuple[Tensor, Tensor]:
     """Rauch-Tung-Striebel smoother for the filter above.
 
     Args:
         mu_f, var_f, mu_p, var_p: (B, T, D) outputs of `kalman_filter`.
         A: (B, T, D) transition coefficients (the last step is not used).
-        method: "auto" (default: `resolve_method`), "fused", "parallel" (reverse associative scan) or
+        method: "auto" (default: `resolve_method`), "numba", "fused", "parallel" (reverse associative scan) or
             "sequential" (reference loop).
+        validate: check var_f > 0 and var_p[:, 1:] > 0 (as in `kalman_filter`; False skips these host syncs).
     Returns:
         mu_s, var_s: (B, T, D) smoothed beliefs p(z_t | w_{0..T-1}).
+    Raises:
+        ValueError naming the argument for bad types, shapes, dtypes, devices, method, or (validate=True)
+        non-positive variances.
     """
     _check_method(method)
     _check_tensor("mu_f", mu_f)
@@ -512,11 +547,29 @@ def kalman_smoother(mu_f: Tensor, var_f: Tensor, mu_p: Tensor, var_p: Tensor, A:
         raise ValueError(f"mu_f: expected shape (B, T, D) with T >= 1, got {tuple(mu_f.shape)}")
     for name, x in (("var_f", var_f), ("mu_p", mu_p), ("var_p", var_p), ("A", A)):
         _check_tensor(name, x, shape=mu_f.shape, like=mu_f)
-    _check_positive("var_f", var_f)
-    _check_positive("var_p", var_p[:, 1:])
-    run = {"fused": _smoother_fused, "parallel": _smoother_parallel,
+    if validate:
+        _check_positive("var_f", var_f)
+        _check_positive("var_p", var_p[:, 1:])
+    run = {"fused": _smoother_fused, "numba": _smoother_numba, "parallel": _smoother_parallel,
            "sequential": _smoother_sequential}[resolve_method(method, mu_f)]
     return run(mu_f, var_f, mu_p, var_p, A)
+
+
+def kalman_filter_smoother(w: Tensor, var_w: Tensor, A: Tensor, b: Tensor, var_dyn: Tensor, mu0: Tensor,
+                           var0: Tensor, mask: Tensor | None = None, method: str = "auto",
+                           validate: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`kalman_filter` followed by `kalman_smoother` (same arguments as `kalman_filter`, same method for both).
+
+    Returns (mu_f, var_f, mu_p, var_p, mu_s, var_s), each (B, T, D). With "numba" both run in one autograd
+    Function (`models.cpu_kernels.KalmanFilterSmootherNumba`), whose backward adds the gradients reaching the
+    filter's outputs directly and from the smoother inside one kernel; other methods call the two functions.
+    Raises ValueError as `kalman_filter` does.
+    """
+    mu0_, var0_ = _check_filter_args(w, var_w, A, b, var_dyn, mu0, var0, mask, method, validate)
+    if resolve_method(method, w) == "numba":
+        return cpu_kernels.KalmanFilterSmootherNumba.apply(w, var_w, A, b, var_dyn, mu0_, var0_, mask)
+    f = kalman_filter(w, var_w, A, b, var_dyn, mu0, var0, mask, method, validate=False)  # checked above
+    return f + kalman_smoother(*f, A, method=method, validate=validate)
 
 
 # ----------------------------------------------------------------------------------------------------------------

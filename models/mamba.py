@@ -5,12 +5,12 @@ One set of parameters, three ways to compute the same function:
 (a) `mamba_ssm`'s fused CUDA kernels (`selective_scan_fn`, and `causal_conv1d_fn` when `causal-conv1d` is
     installed) for CUDA inputs. `mamba_ssm` is the optional extra `pip install .[cuda]`; it is imported
     lazily, only when a CUDA input arrives, and a failed import is never an error for `backend="auto"`.
-(b) pure PyTorch, with one of two selective scans chosen by the input's device (`selective_scan`,
-    method="auto"): on CPU a time loop with a hand-written reverse-time backward (`SelectiveScanLoop`: a few
-    large tensor ops plus one in-place multiply-add per step, no autograd graph over the T steps); on other
-    devices without `mamba_ssm` the *parallel* scan (`models.scan.associative_scan`, O(log T) depth). On a
-    2-core CPU the loop is faster than the parallel scan, which does several times its element-wise work and
-    builds an autograd graph over every level (benchmarks/selective_scan.py; numbers in the README).
+(b) pure PyTorch, with a selective scan chosen by the input's device (`selective_scan`, method="auto"): on
+    CPU compiled loops (numba, `models.cpu_kernels.SelectiveScanNumba`, forward and analytic backward; without
+    numba a torch time loop with a hand-written reverse-time backward, `SelectiveScanLoop`); on other devices
+    without `mamba_ssm` the *parallel* scan (`models.scan.associative_scan`, O(log T) depth). On a 2-core CPU
+    both loops are faster than the parallel scan, which does several times their element-wise work and builds
+    an autograd graph over every level (benchmarks/selective_scan.py; numbers in the README).
 (c) a step mode that carries the convolution window and the SSM state, for acting one observation at a time.
 
 Notation (Gu & Dao 2023, Alg. 2). `B` batch, `T` time, `E = d_inner = expand * d_model`, `N = d_state`,
@@ -50,10 +50,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
+from models import cpu_kernels
 from models.scan import associative_scan
 
 BACKENDS = ("auto", "torch", "cuda")
-SCAN_METHODS = ("auto", "loop", "parallel")   # selective_scan: "auto" = "loop" on CPU, "parallel" elsewhere
+SCAN_METHODS = ("auto", "loop", "numba", "parallel")  # selective_scan: "auto" = "numba" on CPU (else "loop"),
+                                                     # "parallel" elsewhere
 DT_INIT_FLOOR = 1e-4   # mamba_ssm's dt_init_floor: the smallest initial Δ
 SCAN_CHUNK = None      # time steps per chunk of the PyTorch scan; None = one scan over the whole sequence
                        # (chunks were not faster on CPU: README, "Benchmarks (measured)"; see `linear_recurrence`)
@@ -179,13 +181,21 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     """The selective SSM y_t = C_t · h_t + D ⊙ u_t, h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t, h_0 = 0.
 
     u, delta: (B, T, E) (delta already positive); A: (E, N); B, C: (B, T, N); D: (E,). Returns y: (B, T, E).
-    method: "loop" (`SelectiveScanLoop`, the fastest on CPU), "parallel" (`linear_recurrence`, O(log T) depth,
-    for GPUs; `chunk_size` applies to it only), "auto" (the default: "loop" for CPU tensors, else "parallel").
-    Both give the same values and gradients up to rounding. Materialises (B, T, E, N) tensors (module docstring).
+    method: "numba" (`models.cpu_kernels.SelectiveScanNumba`: compiled loops, forward and analytic backward, CPU
+    only; keeps only (E, N) states, no (B, T, E, N) tensor), "loop" (`SelectiveScanLoop`, a torch time loop),
+    "parallel" (`linear_recurrence`, O(log T) depth, for GPUs; `chunk_size` applies to it only), "auto" (the
+    default: for CPU tensors "numba" when numba is importable, else "loop"; "parallel" on other devices).
+    All give the same values and gradients up to rounding. "loop" and "parallel" materialise (B, T, E, N) tensors
+    (module docstring). Raises ValueError for an unknown method, or "numba" on a non-CPU tensor or without numba.
     """
     if method not in SCAN_METHODS:
         raise ValueError(f"method must be one of {SCAN_METHODS}, got {method!r}")
-    if method == "loop" or (method == "auto" and u.device.type == "cpu"):
+    on_cpu = u.device.type == "cpu"
+    if method == "numba" and not (on_cpu and cpu_kernels.available()):
+        raise ValueError(f"method 'numba' needs CPU tensors and numba installed, got a tensor on {u.device}")
+    if method == "numba" or (method == "auto" and on_cpu and cpu_kernels.available()):
+        return cpu_kernels.SelectiveScanNumba.apply(u, delta, A, B, C, D)
+    if method == "loop" or (method == "auto" and on_cpu):
         return SelectiveScanLoop.apply(u, delta, A, B, C, D)
     dA = torch.exp(delta.unsqueeze(-1) * A)                    # Ā_t      (B, T, E, N)
     dBu = (delta * u).unsqueeze(-1) * B.unsqueeze(2)           # B̄_t u_t  (B, T, E, N)

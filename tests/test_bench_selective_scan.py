@@ -31,7 +31,10 @@ def test_quick_run_writes_json(tmp_path, capsys):
         assert f"{1000 * r['fwd_bwd_s']:.1f}" in table
     t = {(r["impl"], r["context_length"]): r["fwd_bwd_s"] for r in rows}
     T = q["context_lengths"][-1]
-    assert data["summary"]["speedup_fwd_bwd"]["parallel"][str(T)] == pytest.approx(t[("parallel", T)] / t[("loop", T)])
+    assert data["summary"]["default"] == "numba"
+    assert data["summary"]["speedup_fwd_bwd"]["parallel"][str(T)] == pytest.approx(t[("parallel", T)] / t[("numba", T)])
+    assert data["summary"]["speedup_fwd_bwd"]["loop"][str(T)] == pytest.approx(t[("loop", T)] / t[("numba", T)])
+    assert all((r["first_call_s"] is not None) == (r["status"] == "ok") for r in rows)
     assert ("mambapy" in data["summary"]["speedup_fwd_bwd"]) == have_mambapy
 
 

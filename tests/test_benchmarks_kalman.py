@@ -38,7 +38,9 @@ def test_quick_run_writes_json(tmp_path, capsys):
         assert vs_plain[m][str(T1)] == pytest.approx(times[("plain_loop", T1)] / times[(m, T1)])
         assert f"speed-up of {m} over plain_loop" in table
     assert "target_auto_vs_plain_loop_met" not in s  # only at T = 256
-    assert data["config"]["auto_resolves_to"] == {str(T): "fused" for T in q["context_lengths"]}
+    assert data["config"]["auto_resolves_to"] == {str(T): "numba" for T in q["context_lengths"]}
+    first_call = {r["method"]: r["compile_s"] for r in rows}
+    assert first_call["numba"] > 0 and first_call["auto"] > 0 and first_call["plain_loop"] is None
 
 
 def test_timed_calls_compute_the_filter_and_gradients():
@@ -55,8 +57,9 @@ def test_timed_calls_compute_the_filter_and_gradients():
             results[scan] = f + kalman_smoother(*f, system["A"], method="parallel")
     f = kalman_filter(**system, method="sequential")
     ref = f + kalman_smoother(*f, system["A"], method="sequential")
-    f = kalman_filter(**system, method="fused")
-    results["fused"] = f + kalman_smoother(*f, system["A"], method="fused")
+    for method in ("fused", "numba"):
+        f = kalman_filter(**system, method=method)
+        results[method] = f + kalman_smoother(*f, system["A"], method=method)
     results["plain_loop"] = bench.plain_loop(**system)
     for scan in results:
         for x, y in zip(results[scan], ref):

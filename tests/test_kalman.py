@@ -1,5 +1,5 @@
-"""models/kalman.py: the parallel (associative-scan) and fused (loop with analytic backward) filter/smoother equal the
-sequential loop, all equal an independent implementation (filterpy's KalmanFilter and rts_smoother with the diagonals
+"""models/kalman.py: the parallel (associative-scan), fused (loop with analytic backward) and numba (compiled loops,
+models/cpu_kernels.py) filter/smoother equal the sequential loop, all equal an independent implementation (filterpy's KalmanFilter and rts_smoother with the diagonals
 as full matrices), float32 stays stable on long sequences, gradients agree (the fused analytic backward also against
 finite differences), "auto" resolves by device, and bad input raises ValueError naming the argument."""
 import numpy as np
@@ -7,10 +7,12 @@ import pytest
 import torch
 from filterpy.kalman import KalmanFilter, rts_smoother
 
-from models.kalman import kalman_filter, kalman_predict, kalman_smoother, kalman_update, resolve_method, rts_step
+from models.kalman import (kalman_filter, kalman_filter_smoother, kalman_predict, kalman_smoother, kalman_update,
+                           resolve_method, rts_step)
 
-METHODS = ["parallel", "sequential", "fused"]
-FAST = ["parallel", "fused"]  # checked against "sequential"
+METHODS = ["parallel", "sequential", "fused", "numba"]
+FAST = ["parallel", "fused", "numba"]  # checked against "sequential"
+ANALYTIC = ["fused", "numba"]  # hand-written backward
 NAMES = ("mu_f", "var_f", "mu_p", "var_p", "mu_s", "var_s")
 
 
@@ -404,23 +406,25 @@ def test_parallel_gradients_equal_sequential_with_remainders(T):
 # The fused method's analytic backward; "auto"
 # ---------------------------------------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("method", ANALYTIC)
 @pytest.mark.parametrize("T, masked", [(1, False), (2, True), (5, True), (6, False)])
-def test_gradcheck_fused(T, masked):
-    """The hand-written backward of the fused filter + smoother against finite differences (float64)."""
+def test_gradcheck_fused(method, T, masked):
+    """The hand-written backward of the fused/numba filter + smoother against finite differences (float64)."""
     system = random_system(2, T, 2, seed=400 + T, masked=masked)
     names = ["w", "var_w", "A", "b", "var_dyn", "mu0", "var0"]
 
     def fn(*xs):
         s = dict(system)
         s.update(zip(names, xs))
-        out = run(s, "fused")
+        out = run(s, method)
         return tuple(out[k] for k in NAMES)
 
     assert torch.autograd.gradcheck(fn, [system[k].clone().requires_grad_(True) for k in names])
 
 
+@pytest.mark.parametrize("method", ANALYTIC)
 @pytest.mark.parametrize("T", [1, 2, 9])
-def test_fused_smoother_on_arbitrary_inputs(T):
+def test_fused_smoother_on_arbitrary_inputs(method, T):
     """The smoother alone, on inputs that are not a filter's output (var_p' may be < A² var_f, so the clamp of
     1 - J A is active at some entries): values and gradients equal autograd of the sequential reference."""
     g = torch.Generator().manual_seed(500 + T)
@@ -435,32 +439,93 @@ def test_fused_smoother_on_arbitrary_inputs(T):
         assert (J_A > 1).any() and (J_A < 1).any()  # both branches of the clamp are exercised
     weights = [torch.randn(B, T, D, generator=g, dtype=torch.float64) for _ in range(2)]
     results = {}
-    for method in ("sequential", "fused"):
+    for m in ("sequential", method):
         inputs = {k: v.clone().requires_grad_(True) for k, v in x.items()}
-        out = kalman_smoother(**inputs, method=method)
+        out = kalman_smoother(**inputs, method=m)
         loss = sum((w * o).sum() + (o ** 2).sum() for w, o in zip(weights, out))
-        results[method] = out + torch.autograd.grad(loss, list(inputs.values()), allow_unused=True,
-                                                    materialize_grads=True)  # T = 1 uses only mu_f, var_f
-    for i, (got, want) in enumerate(zip(results["fused"], results["sequential"])):
+        results[m] = out + torch.autograd.grad(loss, list(inputs.values()), allow_unused=True,
+                                               materialize_grads=True)  # T = 1 uses only mu_f, var_f
+    for i, (got, want) in enumerate(zip(results[method], results["sequential"])):
         assert_rel_close(got, want, 1e-9, f"output/grad {i}")
 
 
-def test_auto_resolves_by_device_and_size():
+def test_auto_resolves_by_device_and_size(monkeypatch):
     x = torch.zeros(2, 3, 4)
+    assert resolve_method("auto", x) == "numba"                               # CPU with numba installed
+    assert resolve_method("auto", torch.zeros(32, 256, 230)) == "numba"
+    for method in ("fused", "numba", "parallel", "sequential"):
+        assert resolve_method(method, x) == method
+    with pytest.raises(ValueError, match="^method"):
+        resolve_method("fastest", x)
+    with pytest.raises(ValueError, match="^method: 'numba' needs CPU"):
+        resolve_method("numba", torch.zeros(2, 3, 4, device="meta"))
+    system = random_system(2, 7, 3, seed=600)
+    for got, want in zip(run(system, "auto").values(), run(system, "numba").values()):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    # without numba: the torch rule by size
+    monkeypatch.setattr("models.cpu_kernels.available", lambda: False)
     assert resolve_method("auto", x) == "fused"
     assert resolve_method("auto", torch.zeros(32, 256, 230)) == "fused"
     assert resolve_method("auto", torch.zeros(32, 511, 32)) == "fused"
     assert resolve_method("auto", torch.zeros(32, 512, 32)) == "parallel"   # B*D = 1024: few elements per step
     assert resolve_method("auto", torch.zeros(32, 4096, 33)) == "fused"
-    for method in ("fused", "parallel", "sequential"):
-        assert resolve_method(method, x) == method
-    with pytest.raises(ValueError, match="^method"):
-        resolve_method("fastest", x)
-    system = random_system(2, 7, 3, seed=600)
-    for got, want in zip(run(system, "auto").values(), run(system, "fused").values()):
-        torch.testing.assert_close(got, want, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="^method: 'numba'"):
+        resolve_method("numba", x)
+
+
+@pytest.mark.parametrize("method", METHODS)
+def test_validate_false_skips_only_the_value_checks(method):
+    """validate=False gives the same results, skips the variance-value checks (no host sync), and still checks
+    shapes."""
+    system = random_system(2, 9, 3, seed=610)
+    checked = run(system, method)
+    f = kalman_filter(**system, method=method, validate=False)
+    unchecked = dict(zip(NAMES, f + kalman_smoother(*f, system["A"], method=method, validate=False)))
+    for name in NAMES:
+        torch.testing.assert_close(unchecked[name], checked[name], rtol=0, atol=0)
+    bad = dict(system, var_w=system["var_w"].clone(), mask=None)
+    bad["var_w"][0, 0, 0] = -1.0
+    with pytest.raises(ValueError, match="^var_w"):
+        kalman_filter(**bad, method=method)
+    kalman_filter(**bad, method=method, validate=False)  # no check, no error
+    with pytest.raises(ValueError, match="^A"):
+        kalman_filter(**dict(system, A=system["A"][:, 1:]), method=method, validate=False)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_auto_is_parallel_on_cuda():
     assert resolve_method("auto", torch.zeros(2, 3, 4, device="cuda")) == "parallel"
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("T, masked", [(1, True), (2, False), (13, True)])
+def test_filter_smoother_in_one_call_equals_the_two_calls(method, T, masked):
+    """kalman_filter_smoother (for "numba" one autograd Function with an in-kernel accumulation of the gradients)
+    gives the values and gradients of kalman_filter followed by kalman_smoother, with every output weighted."""
+    system = random_system(2, T, 3, seed=700 + T, masked=masked)
+    names = ["w", "var_w", "A", "b", "var_dyn", "mu0", "var0"]
+    g = torch.Generator().manual_seed(701)
+    weights = {k: torch.randn(2, T, 3, generator=g, dtype=torch.float64) for k in NAMES}
+    results = []
+    for one_call in (False, True):
+        inputs = {k: (v.clone().requires_grad_(True) if k in names else v) for k, v in system.items()}
+        out = dict(zip(NAMES, kalman_filter_smoother(**inputs, method=method))) if one_call else run(inputs, method)
+        loss = sum((weights[k] * out[k]).sum() + (out[k] ** 2).sum() for k in NAMES)
+        results.append([out[k] for k in NAMES] + list(torch.autograd.grad(
+            loss, [inputs[k] for k in names], allow_unused=True, materialize_grads=True)))
+    for i, (got, want) in enumerate(zip(*results[::-1])):
+        assert_rel_close(got, want, 1e-12, f"output/grad {i}")
+    with pytest.raises(ValueError, match="^var_w"):
+        kalman_filter_smoother(**dict(system, var_w=-system["var_w"], mask=None), method=method)
+
+
+@pytest.mark.parametrize("T, masked", [(1, True), (4, True), (5, False)])
+def test_gradcheck_filter_smoother_numba(T, masked):
+    system = random_system(2, T, 2, seed=800 + T, masked=masked)
+    names = ["w", "var_w", "A", "b", "var_dyn", "mu0", "var0"]
+
+    def fn(*xs):
+        return kalman_filter_smoother(**dict(system, **dict(zip(names, xs))), method="numba")
+
+    assert torch.autograd.gradcheck(fn, [system[k].clone().requires_grad_(True) for k in names])
+

@@ -149,7 +149,7 @@ def test_loop_and_parallel_scans_match_naive_loop_values_and_gradients(T):
     xs, w = _scan_inputs(3, T, 5, 4, torch.float64, seed=T)
     ref = _naive_selective_scan(*xs)
     ref_grads = torch.autograd.grad((ref * w).sum(), xs)
-    for method in ("loop", "parallel"):
+    for method in ("loop", "numba", "parallel"):
         y = selective_scan(*xs, method=method)
         grads = torch.autograd.grad((y * w).sum(), xs, allow_unused=True, materialize_grads=True)
         torch.testing.assert_close(y, ref, **TOL64)
@@ -159,20 +159,39 @@ def test_loop_and_parallel_scans_match_naive_loop_values_and_gradients(T):
             torch.testing.assert_close(a, b, **TOL64, msg=lambda m: f"{method}, {name}: {m}")
 
 
-def test_loop_scan_equals_parallel_scan_in_float32_at_model_size():
+@pytest.mark.parametrize("method", ["loop", "numba"])
+def test_loop_scan_equals_parallel_scan_in_float32_at_model_size(method):
     xs, w = _scan_inputs(4, 64, 64, 16, torch.float32, seed=9)
-    outs = {m: selective_scan(*xs, method=m) for m in ("loop", "parallel")}
+    outs = {m: selective_scan(*xs, method=m) for m in (method, "parallel")}
     grads = {m: torch.autograd.grad((y * w).sum(), xs) for m, y in outs.items()}
-    torch.testing.assert_close(outs["loop"], outs["parallel"], rtol=1e-5, atol=1e-5)
-    for name, a, b in zip("u delta A B C D".split(), grads["loop"], grads["parallel"]):
+    torch.testing.assert_close(outs[method], outs["parallel"], rtol=1e-5, atol=1e-5)
+    for name, a, b in zip("u delta A B C D".split(), grads[method], grads["parallel"]):
         scale = b.abs().max()
         torch.testing.assert_close(a / scale, b / scale, rtol=1e-5, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
-def test_auto_scan_is_the_loop_on_cpu_and_bad_method_raises():
+@pytest.mark.parametrize("T", [1, 3, 8])
+def test_numba_scan_gradcheck(T):
+    """The numba kernels' hand-written backward against finite differences (float64, one thread and two)."""
+    xs, _ = _scan_inputs(3, T, 4, 3, torch.float64, seed=40 + T)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            assert torch.autograd.gradcheck(lambda *a: selective_scan(*a, method="numba"), xs)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_auto_scan_is_numba_on_cpu_and_bad_method_raises(monkeypatch):
     xs, _ = _scan_inputs(2, 5, 3, 2, torch.float32, seed=0)
+    assert type(selective_scan(*xs).grad_fn).__name__ == "SelectiveScanNumbaBackward"
+    assert type(selective_scan(*xs, method="parallel").grad_fn).__name__ != "SelectiveScanNumbaBackward"
+    monkeypatch.setattr("models.cpu_kernels.available", lambda: False)   # without numba: the torch loop
     assert type(selective_scan(*xs).grad_fn).__name__ == "SelectiveScanLoopBackward"
-    assert type(selective_scan(*xs, method="parallel").grad_fn).__name__ != "SelectiveScanLoopBackward"
+    with pytest.raises(ValueError, match="numba"):
+        selective_scan(*xs, method="numba")
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="method"):
         selective_scan(*xs, method="sequential")
 

@@ -22,15 +22,6 @@ def test_no_top_level_name_is_installed(tmp_path):
     assert out.stdout.strip() == "[]", f"importable outside the repository: {out.stdout.strip()}"
 
 
-def test_a_users_own_models_package_is_not_shadowed(tmp_path):
-    """A user's project with its own `models` package, next to an environment that has kalbench installed."""
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "__init__.py").write_text("WHOSE = 'user'\n")
-    out = subprocess.run([sys.executable, "-c", "import models; print(models.WHOSE)"], cwd=tmp_path, env=_env(),
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "user"
-
-
 def test_entry_points_run_from_the_repository_root():
     for module in ("rl.train", "analysis", "benchmarks.update_step", "benchmarks.kalman_scan"):
         out = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=_env(), capture_output=True,

@@ -47,6 +47,7 @@ from rliable import library, metrics
 from analysis.collect import RUN_KEY
 from analysis.plan import ESTIMATE_FILES, PUBLISHED_SUFFIX, Experiment, sort_methods
 from rl.io import atomic_to_csv
+from rl.methods import REFERENCE
 
 log = logging.getLogger(__name__)
 
@@ -431,14 +432,14 @@ def curve_rows(rows, selection, x, step, cap, ids, task, settings) -> list[dict]
 
 
 def improvement_rows(exp: Experiment, matrices: dict, settings: Settings) -> list[dict]:
-    """P(KalMamba > Y) for every other method Y with a score matrix, at each context length."""
+    """P(REFERENCE > Y) (rl.methods.REFERENCE: KalMamba) for every other method Y with a score matrix, at each context length."""
     rows = []
     for (method, ctx), y in matrices.items():
-        x = matrices.get(("kalmamba", ctx))
-        if method == "kalmamba" or x is None:
+        x = matrices.get((REFERENCE, ctx))
+        if method == REFERENCE or x is None:
             continue
         point, ci = interval_estimate([x, y], metrics.probability_of_improvement, settings.reps, settings.seed)
-        rows.append(dict(experiment=exp.name, context_length=ctx, method_x="kalmamba", method_y=method,
+        rows.append(dict(experiment=exp.name, context_length=ctx, method_x=REFERENCE, method_y=method,
                          probability=point[0], ci_low=ci[0, 0], ci_high=ci[1, 0], n_runs_x=x.shape[0],
                          n_runs_y=y.shape[0], n_tasks=x.shape[1]))
     return rows

@@ -533,7 +533,7 @@ def experiment_figures(est: dict[str, pd.DataFrame], exp: Experiment, settings: 
         make(f"{exp.prefix}_probe", f"{name}: belief probe", bool(probed),
              lambda: probe_figure(prb, probed, list(exp.tasks), f"{name}: belief probe", note),
              why=f"no probe results for {exp.name} (complete runs with >= 2 evaluation episodes)")
-    if exp.compares_kalmamba:
+    if exp.compares_reference:
         make(f"{exp.prefix}_improvement", f"{name}: probability of improvement", len(imp) > 0,
              lambda: improvement_figure(imp, f"{name}: probability of improvement", note,
                                         with_context=exp.kind == "context"))

@@ -60,8 +60,9 @@ class Experiment:
         return self.kind == "main" and self.obs in PROBED_OBS
 
     @property
-    def compares_kalmamba(self) -> bool:
-        return "kalmamba" in self.methods and len(self.methods) >= 2
+    def compares_reference(self) -> bool:
+        """The experiment has the reference method (rl.methods.REFERENCE, KalMamba) and another one to compare it with."""
+        return registry.REFERENCE in self.methods and len(self.methods) >= 2
 
     def expected_runs(self) -> list[tuple[str, str, str, int, int]]:
         """(obs, task, method, context_length, seed) of every run this experiment's analysis uses."""
@@ -76,7 +77,7 @@ class Experiment:
             names = [f"{p}_aggregate", f"{p}_curves", f"{p}_profiles"]
             if self.ablation_methods:
                 names += [f"{p}_ablations_aggregate", f"{p}_ablations_curves", f"{p}_ablations_profiles"]
-        if self.compares_kalmamba:
+        if self.compares_reference:
             names.append(f"{p}_improvement")
         if self.probed:
             names.append(f"{p}_probe")

@@ -68,7 +68,7 @@ from rl import methods as registry
 from rl.io import atomic_write_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-REFERENCE = "kalmamba"                  # the summary's ratios are this method's time over each other's
+REFERENCE = registry.REFERENCE          # the summary's ratios are this method's time over each other's
 OBS_TYPES = ("noisy_state", "state", "pixels")   # the study schema's benchmark.obs
 IMAGE_SHAPE = (3, 64, 64)
 RSSM_STOCH_FRACTION = 30 / 230          # RSSM stochastic share of the latent (VRKN repo: 30 of 200 + 30)

@@ -94,6 +94,9 @@ BUILTIN = (
     Method("kalmamba_no_reg", _KM, _KMC, "KalMamba w/o reg.", "#ca9161", family="kalmamba",           # brown
            switch={"reg_alpha": 0.0}, dashes=(4, 1.2, 1, 1.2, 1, 1.2), benchmark=False),
 )
+# The paper's method, the one the others are compared with: P(REFERENCE > Y) in the analysis, REFERENCE / Y update
+# times in the benchmarks.
+REFERENCE = "kalmamba"
 SPARE_COLORS = ("#fbafe4", "#ece133")   # pink, yellow: for a method without a colour, picked by a stable hash
 
 _REGISTRY: dict[str, Method] = {m.name: m for m in BUILTIN}

@@ -20,6 +20,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rl.io import atomic_write_text  # noqa: E402
+from rl.methods import REFERENCE  # noqa: E402  (KalMamba)
 
 GOAL_CTX_RATIO = 2.0  # KalMamba update time, context 256 / context 32 (paper Fig. 6: nearly flat on a GPU)
 
@@ -54,18 +55,19 @@ def update_headline(path: Path) -> tuple[str | None, dict]:
     data = json.loads(path.read_text())
     t = {(r["method"], r["context_length"]): r["update_s"] for r in data["results"] if r["update_s"] is not None}
     out: dict[str, Any] = {}
-    if ("kalmamba", 256) in t and ("kalmamba", 32) in t:
-        ratio = t[("kalmamba", 256)] / t[("kalmamba", 32)]
+    if (REFERENCE, 256) in t and (REFERENCE, 32) in t:
+        ratio = t[(REFERENCE, 256)] / t[(REFERENCE, 32)]
         out["kalmamba_ctx256_over_ctx32"] = ratio
         out["goal_ctx256_over_ctx32_met"] = ratio <= GOAL_CTX_RATIO
-    for other in ("rssm", "vrkn"):
-        if ("kalmamba", 256) in t and (other, 256) in t:
-            out[f"kalmamba_over_{other}_ctx256"] = t[("kalmamba", 256)] / t[(other, 256)]
+    others = sorted({m for m, T in t if T == 256 and m != REFERENCE})
+    for other in others:
+        if (REFERENCE, 256) in t:
+            out[f"kalmamba_over_{other}_ctx256"] = t[(REFERENCE, 256)] / t[(other, 256)]
     parts = []
     if "kalmamba_ctx256_over_ctx32" in out:
         parts.append(f"KalMamba ctx256/ctx32 {out['kalmamba_ctx256_over_ctx32']:.2f}x (goal <= {GOAL_CTX_RATIO:g}x: "
                      f"{'met' if out['goal_ctx256_over_ctx32_met'] else 'not met'})")
-    parts += [f"KalMamba/{o.upper()} at 256: {out[f'kalmamba_over_{o}_ctx256']:.2f}" for o in ("rssm", "vrkn")
+    parts += [f"KalMamba/{o.upper()} at 256: {out[f'kalmamba_over_{o}_ctx256']:.2f}" for o in others
               if f"kalmamba_over_{o}_ctx256" in out]
     return "; ".join(parts) or None, out
 

@@ -449,26 +449,28 @@ SIZE_FIELDS = {"kalmamba": ("latent_dim", "d_model", "hidden_dim"), "rssm": ("st
                "vrkn": ("latent_dim", "hidden_dim"), "sac": ()}
 
 
-@pytest.mark.parametrize("paper_sizes", [False, True])
-def test_validation_study_dry_run(paper_sizes, tmp_path):
-    """config/validation.yaml: cartpole-swingup from state and noisy_state, 5 methods x 3 seeds, 100k env steps,
+@pytest.mark.parametrize("overlay", [None, "validation_paper_sizes", "validation_ablation"])
+def test_validation_study_dry_run(overlay, tmp_path):
+    """config/validation.yaml: cartpole-swingup from state and noisy_state, 4 methods x 3 seeds, 100k env steps,
     10 evaluation episodes every 10k, context 32, batch 16, one thread, small models, and nothing else changed from
     the model configs' defaults (the study validates the defaults). Merged with validation_paper_sizes.yaml: the
-    same runs with every model and SAC setting at its default (the paper's sizes), in their own results."""
+    same runs with every model and SAC setting at its default (the paper's sizes), in their own results; merged with
+    validation_ablation.yaml: the same runs plus KalMamba's no-regulariser ablation, in the same results."""
     from models.sac import SACConfig
     from rl import methods
     from rl.config import parse_args
 
-    names = ["validation", "validation_paper_sizes"] if paper_sizes else ["validation"]
+    paper_sizes = overlay == "validation_paper_sizes"
+    names = ["validation", overlay] if overlay else ["validation"]
     cfg = merged_config(*names)
     out = dry_run("--configfile", *[f"config/{n}.yaml" for n in names], "--config", published_copy(tmp_path, cfg))
-    assert job_stats(out) == {"train": 30, "published_scores": 1, "study_config": 1, "collect": 1, "estimates": 1,
-                              "figures": 1, "tables": 1, "all": 1}
+    study_methods = ("kalmamba", "rssm", "vrkn", "sac") + (("kalmamba_no_reg",) if overlay == "validation_ablation" else ())
+    assert job_stats(out) == {"train": 6 * len(study_methods), "published_scores": 1, "study_config": 1, "collect": 1,
+                              "estimates": 1, "figures": 1, "tables": 1, "all": 1}
     runs = [parse_args(argv) for argv in _commands(out, "rl.train")]
     study = "validation_paper_sizes" if paper_sizes else "validation"
     assert {(r.obs, r.method, r.seed) for r in runs} == {
-        (o, m, s) for o in ("state", "noisy_state") for m in ("kalmamba", "kalmamba_no_reg", "rssm", "vrkn", "sac")
-        for s in (0, 1, 2)}
+        (o, m, s) for o in ("state", "noisy_state") for m in study_methods for s in (0, 1, 2)}
     for run in runs:
         assert run.task == "cartpole-swingup" and run.context_length == 32 and run.out.startswith(f"results/{study}/")
         assert (run.env_steps, run.eval_every, run.eval_episodes) == (100_000, 10_000, 10)

@@ -85,6 +85,9 @@ def to_latex(table: pd.DataFrame, title: str, label: str) -> str:
 
 
 def _r2_cell(row) -> str:
+    """'0.97 [0.96, 0.98]', or '0.97 (n=1)' where no interval could be estimated."""
+    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
+        return f"{row['estimate']:.2f} (n={int(row['n_runs'])})"
     return f"{row['estimate']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
 
 

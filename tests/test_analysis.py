@@ -787,3 +787,21 @@ def test_update_step_times_that_are_not_finite_are_not_timed(caplog):
     assert "KalMamba at 32" in fig._suptitle.get_text() and "KalMamba at 64" in fig._suptitle.get_text()
     assert "forward_s is not a finite number" in caplog.text
     matplotlib.pyplot.close(fig)
+
+
+def test_probe_table_shows_n_where_a_single_run_gives_no_interval():
+    """A method probed by one run only (rliable's bootstrap of one run has no interval): '0.97 (n=1)', as the final
+    table does, never 'nan'."""
+    from analysis import tables
+
+    exp = plan.Experiment(name="noisy_state", obs="noisy_state", tasks=("cartpole-swingup",),
+                          methods=("kalmamba", "vrkn"), context_lengths=(32,), seeds=(0, 1, 2), kind="main")
+    rows = [dict(experiment="noisy_state", method=m, context_length=32, task="cartpole-swingup", input=i,
+                 estimate=e, ci_low=lo, ci_high=hi, n_runs=n, env_step=100000)
+            for m, n, lo, hi in (("kalmamba", 1, np.nan, np.nan), ("vrkn", 3, 0.96, 0.98))
+            for i, e in (("features", 0.97), ("observation", 0.9))]
+    table = tables.probe_table(pd.DataFrame(rows), exp)
+    cells = table.set_index("Method").to_dict("index")
+    assert cells["KalMamba"]["cartpole-swingup: features"] == "0.97 (n=1)"
+    assert cells["VRKN"]["cartpole-swingup: features"] == "0.97 [0.96, 0.98]"
+    assert "nan" not in tables.to_markdown(table)

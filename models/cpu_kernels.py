@@ -31,6 +31,11 @@ from torch.autograd.function import once_differentiable
 try:
     import numba
     from numba import njit, prange
+
+    # numba's own thread pool, not its OpenMP layer: that one shares libgomp with torch and changes the OpenMP state
+    # torch's ops run under, after which a run resumed in another process no longer repeats its curve exactly
+    # (tests/test_train.py, the SIGKILL/SIGTERM/SIGINT resume tests). Set before any kernel runs.
+    numba.config.THREADING_LAYER = "workqueue"
 except ImportError:  # pragma: no cover - numba is a dependency; the torch paths remain without it
     numba = None
 
@@ -405,7 +410,10 @@ class SelectiveScanNumba(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad_y):
         u, delta, A, B, C, D = ctx.saved_tensors
-        n_chunks = min(torch.get_num_threads(), u.shape[0])
+        # One chunk per batch element, whatever the thread count: the gradients of the shared A and D are summed over
+        # the chunks, so a partition by threads would make them depend (in the last bits) on the thread count, and a
+        # run resumed with another one would not repeat its curve exactly.
+        n_chunks = u.shape[0]
         gu, gdelta, gB, gC = _empty(u), _empty(u), _empty(B), _empty(B)
         gA_part = torch.empty((n_chunks, *A.shape), dtype=torch.float64)
         gD_part = torch.empty((n_chunks, *D.shape), dtype=torch.float64)

@@ -175,10 +175,7 @@ class KalMamba(nn.Module):
         self.cfg, self.obs_shape, self.action_dim = cfg, tuple(obs_shape), action_dim
         D = cfg.latent_dim
         self.feature_dim = D
-        self.latent = LatentObservation(self.obs_shape, D, mlp_hidden_dim=cfg.mlp_hidden_dim,
-                                        conv_depth=cfg.conv_depth, mlp_layers=cfg.mlp_layers,
-                                        obs_var_init=cfg.obs_var_init, obs_var_min=cfg.obs_var_min,
-                                        init_var=cfg.init_var, init_var_min=cfg.init_var_min)
+        self.latent = LatentObservation.from_config(self.obs_shape, cfg)
         self.register_load_state_dict_pre_hook(LatentObservation.load_legacy_keys)
         self.image, self.obs_event_dims = self.latent.image, self.latent.obs_event_dims
         self.reward_loss_scale = reward_scale_for(cfg.reward_loss_scale, self.image)

@@ -169,6 +169,14 @@ class LatentObservation(nn.Module):
     # names of this block's tensors when they sat directly on the world model (checkpoints written before it existed)
     LEGACY_MODULES, LEGACY_TENSORS = ("encoder.", "w_head.", "var_w_head."), ("mu0", "raw_var0")
 
+    @classmethod
+    def from_config(cls, obs_shape: tuple[int, ...], cfg) -> "LatentObservation":
+        """The block of a model config with KalMamba's and VRKN's field names (latent_dim, mlp_hidden_dim,
+        conv_depth, mlp_layers, obs_var_init, obs_var_min, init_var, init_var_min)."""
+        return cls(obs_shape, cfg.latent_dim, mlp_hidden_dim=cfg.mlp_hidden_dim, conv_depth=cfg.conv_depth,
+                   mlp_layers=cfg.mlp_layers, obs_var_init=cfg.obs_var_init, obs_var_min=cfg.obs_var_min,
+                   init_var=cfg.init_var, init_var_min=cfg.init_var_min)
+
     def __init__(self, obs_shape: tuple[int, ...], latent_dim: int, *, mlp_hidden_dim: int, conv_depth: int,
                  mlp_layers: int, obs_var_init: float, obs_var_min: float, init_var: float, init_var_min: float):
         super().__init__()

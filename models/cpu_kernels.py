@@ -5,11 +5,14 @@ filter + RTS smoother (models/kalman.py, method "numba") and Mamba's selective s
 Why: both recurrences do a few flops per element and step. A torch loop over T issues tens of small ops per step
 and is bound by their overhead; here each direction is one compiled loop: `prange` over the batch (the chains of
 one batch element are independent), a sequential loop over T inside, and the innermost loop over the contiguous
-last dimension(s), which LLVM vectorises. Temporaries live in registers; outputs are written once.
+last dimension(s), which LLVM vectorises (for the Kalman kernels: a small function per step on (D,) rows, the shape
+of loop LLVM reliably vectorises here). Temporaries live in registers; outputs are written once.
 
 Same equations, same order of operations per element as the torch "fused" loop (models/kalman.py) and
 `SelectiveScanLoop` (models/mamba.py); the adjoint recursions are written out at each kernel. Constants are cast
-to the input's dtype so float32 stays float32 arithmetic (fastmath off: IEEE semantics, no reassociation).
+to the input's dtype so float32 stays float32 arithmetic (fastmath off: IEEE semantics, no reassociation;
+`error_model="numpy"`: a division by zero gives inf/NaN as in torch instead of numba's per-element Python check,
+which would keep the loops from being vectorised).
 
 Contract: CPU tensors, float32 or float64 (all of one dtype), any strides (made contiguous; numpy views share the
 memory, no copies of contiguous inputs). Once differentiable: gradients of the outputs are exact, but there is no
@@ -58,7 +61,14 @@ def _jit(fn):
     """Compile lazily (the first call per dtype), cached on disk; numba absent: never called."""
     if numba is None:
         return fn
-    return njit(parallel=True, cache=True, fastmath=False)(fn)
+    return njit(parallel=True, cache=True, fastmath=False, error_model="numpy")(fn)
+
+
+def _jit_serial(fn):
+    """A serial helper the parallel kernels call (per batch element); numba inlines or calls it natively."""
+    if numba is None:
+        return fn
+    return njit(cache=True, fastmath=False, error_model="numpy")(fn)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -70,78 +80,97 @@ def _jit(fn):
 #   observed (K = f / R, so K's dependence on p and R runs through f):  w̄ = K ū,  K̄ = ū (w - m),
 #       f̄ += K̄ / R,  R̄ = K (K f̄ - K̄ / R),  m̄ = Gm + (1 - K) ū,  p̄ = Gp + (1 - K)² f̄      (1 - K = R / S)
 #   missing: w̄ = R̄ = 0, m̄ = Gm + ū, p̄ = Gp + f̄.   Ā, b̄, q̄ at t = T-1 are 0 (the last transition is unused).
+#
+# Layout: a `_..._chain` function runs one batch element, (T, D) arrays, with the loop over D innermost and free of
+# branches (what LLVM vectorises); the `prange` kernels below call them per batch element, and the filter+smoother
+# kernels call filter and smoother for one batch element back to back, so that the (T, D) intermediates are still
+# in cache (forward) or never leave a per-thread scratch (backward: the smoother's gradients of the filter's
+# outputs, which the filter's adjoint reads).
 # ----------------------------------------------------------------------------------------------------------------
 
-@_jit
-def _kalman_filter_fwd(w, R, A, b, q, mu0, var0, mask, mu_f, var_f, mu_p, var_p):
-    Bn, T, D = w.shape
-    for i in prange(Bn):
-        for t in range(T):
-            obs = mask[i, t]
-            for d in range(D):
-                if t == 0:
-                    p, m = var0[i, d], mu0[i, d]
-                else:
-                    a = A[i, t - 1, d]
-                    p = a * a * var_f[i, t - 1, d] + q[i, t - 1, d]
-                    m = a * mu_f[i, t - 1, d] + b[i, t - 1, d]
-                mu_p[i, t, d] = m
-                var_p[i, t, d] = p
-                if obs:
-                    r = R[i, t, d]
-                    k = p / (p + r)
-                    var_f[i, t, d] = k * r
-                    mu_f[i, t, d] = m + k * (w[i, t, d] - m)
-                else:
-                    var_f[i, t, d] = p
-                    mu_f[i, t, d] = m
+# Rows (D,) of one step; a loop over D with nothing else in it is what LLVM vectorises.
+
+@_jit_serial
+def _predict_row(a, b, q, u, f, m, p):
+    for d in range(a.shape[0]):
+        p[d] = a[d] * a[d] * f[d] + q[d]
+        m[d] = a[d] * u[d] + b[d]
 
 
-@_jit
-def _kalman_filter_bwd(w, R, A, mask, mu_f, var_f, mu_p, var_p, Gu, Gf, Gm, Gp, gw, gR, gA, gb, gq, g_mu0, g_var0,
-                       add_to_gA):
-    # gb[:, t] = m̄_{t+1} and gq[:, t] = p̄_{t+1} (t < T-1) double as the carries of the adjoint recursion.
-    # add_to_gA: gA holds another gradient of A (the smoother's) and this one is added to it.
-    Bn, T, D = w.shape
-    for i in prange(Bn):
-        for t in range(T - 1, -1, -1):
-            obs = mask[i, t]
-            for d in range(D):
-                f, u = var_f[i, t, d], mu_f[i, t, d]
-                if t + 1 < T:
-                    a = A[i, t, d]
-                    mb, pb = gb[i, t, d], gq[i, t, d]
-                    u_bar = Gu[i, t, d] + a * mb
-                    f_bar = Gf[i, t, d] + a * a * pb
-                    ga = mb * u + (a + a) * f * pb
-                    gA[i, t, d] = gA[i, t, d] + ga if add_to_gA else ga
-                else:
-                    u_bar, f_bar = Gu[i, t, d], Gf[i, t, d]
-                    if not add_to_gA:
-                        gA[i, t, d] = 0
-                    gb[i, t, d] = 0
-                    gq[i, t, d] = 0
-                if obs:
-                    p, m, r = var_p[i, t, d], mu_p[i, t, d], R[i, t, d]
-                    k = p / (p + r)
-                    omk = r / (p + r)                       # 1 - K
-                    gw[i, t, d] = k * u_bar
-                    kb_over_r = u_bar * (w[i, t, d] - m) / r  # K̄ / R;  K = f / R with f = p R / S
-                    f_bar = f_bar + kb_over_r
-                    gR[i, t, d] = k * (k * f_bar - kb_over_r)
-                    m_bar = Gm[i, t, d] + omk * u_bar
-                    p_bar = Gp[i, t, d] + omk * omk * f_bar
-                else:
-                    gw[i, t, d] = 0
-                    gR[i, t, d] = 0
-                    m_bar = Gm[i, t, d] + u_bar
-                    p_bar = Gp[i, t, d] + f_bar
-                if t > 0:
-                    gb[i, t - 1, d] = m_bar
-                    gq[i, t - 1, d] = p_bar
-                else:
-                    g_mu0[i, d] = m_bar
-                    g_var0[i, d] = p_bar
+@_jit_serial
+def _update_row(w, R, m, p, u, f):
+    for d in range(w.shape[0]):
+        k = p[d] / (p[d] + R[d])
+        f[d] = k * R[d]
+        u[d] = m[d] + k * (w[d] - m[d])
+
+
+@_jit_serial
+def _predict_adjoint_row(a, mb, pb, u, f, Gu, Gf, u_bar, f_bar, gA):
+    # mb, pb: m̄_{t+1}, p̄_{t+1}; adds Ā_t to gA.
+    for d in range(a.shape[0]):
+        u_bar[d] = Gu[d] + a[d] * mb[d]
+        f_bar[d] = Gf[d] + a[d] * a[d] * pb[d]
+        gA[d] += mb[d] * u[d] + (a[d] + a[d]) * f[d] * pb[d]
+
+
+@_jit_serial
+def _update_adjoint_row(w, R, m, p, u_bar, f_bar, Gm, Gp, gw, gR, m_bar, p_bar):
+    for d in range(w.shape[0]):
+        r = R[d]
+        k = p[d] / (p[d] + r)
+        omk = r / (p[d] + r)                           # 1 - K
+        ub = u_bar[d]
+        gw[d] = k * ub
+        kb_over_r = ub * (w[d] - m[d]) / r             # K̄ / R;  K = f / R with f = p R / S
+        fb = f_bar[d] + kb_over_r
+        gR[d] = k * (k * fb - kb_over_r)
+        m_bar[d] = Gm[d] + omk * ub
+        p_bar[d] = Gp[d] + omk * omk * fb
+
+
+@_jit_serial
+def _missing_adjoint_row(u_bar, f_bar, Gm, Gp, gw, gR, m_bar, p_bar):
+    for d in range(u_bar.shape[0]):
+        gw[d] = 0
+        gR[d] = 0
+        m_bar[d] = Gm[d] + u_bar[d]
+        p_bar[d] = Gp[d] + f_bar[d]
+
+
+@_jit_serial
+def _filter_fwd_chain(w, R, A, b, q, mu0, var0, obs, mu_f, var_f, mu_p, var_p):
+    # One batch element: (T, D) sequences, mu0/var0 (D,), obs (T,) bool.
+    for t in range(w.shape[0]):
+        if t == 0:
+            mu_p[0] = mu0
+            var_p[0] = var0
+        else:
+            _predict_row(A[t - 1], b[t - 1], q[t - 1], mu_f[t - 1], var_f[t - 1], mu_p[t], var_p[t])
+        if obs[t]:
+            _update_row(w[t], R[t], mu_p[t], var_p[t], mu_f[t], var_f[t])
+        else:
+            mu_f[t] = mu_p[t]
+            var_f[t] = var_p[t]
+
+
+@_jit_serial
+def _filter_bwd_chain(w, R, A, obs, mu_f, var_f, mu_p, var_p, Gu, Gf, Gm, Gp, gw, gR, gA, gb, gq, g_mu0, g_var0):
+    # Adds Ā to gA (which holds the smoother's, or zeros). gb[t] = m̄_{t+1} and gq[t] = p̄_{t+1} double as the carries.
+    T, D = w.shape
+    u_bar = Gu[T - 1].copy()
+    f_bar = Gf[T - 1].copy()
+    gb[T - 1] = 0
+    gq[T - 1] = 0
+    for t in range(T - 1, -1, -1):
+        if t < T - 1:
+            _predict_adjoint_row(A[t], gb[t], gq[t], mu_f[t], var_f[t], Gu[t], Gf[t], u_bar, f_bar, gA[t])
+        m_bar = gb[t - 1] if t > 0 else g_mu0      # where m̄_t and p̄_t go: the carries of step t-1, or the prior
+        p_bar = gq[t - 1] if t > 0 else g_var0
+        if obs[t]:
+            _update_adjoint_row(w[t], R[t], mu_p[t], var_p[t], u_bar, f_bar, Gm[t], Gp[t], gw[t], gR[t], m_bar, p_bar)
+        else:
+            _missing_adjoint_row(u_bar, f_bar, Gm[t], Gp[t], gw[t], gR[t], m_bar, p_bar)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -153,74 +182,137 @@ def _kalman_filter_bwd(w, R, A, mask, mu_f, var_f, mu_p, var_p, Gu, Gf, Gm, Gp, 
 # (ū_{T-1} = σ_{T-1}, f̄_{T-1} = ν_{T-1}; m̄_0 = p̄_0 = Ā_{T-1} = 0.)
 # ----------------------------------------------------------------------------------------------------------------
 
+@_jit_serial
+def _rts_row(u, f, a, m1, p1, mu_s1, var_s1, mu_s, var_s):
+    # m1, p1, mu_s1, var_s1: rows of step t+1.
+    one, zero = u.dtype.type(1), u.dtype.type(0)
+    for d in range(u.shape[0]):
+        j = f[d] * a[d] / p1[d]
+        kap = max(one - j * a[d], zero)
+        mu_s[d] = u[d] + j * (mu_s1[d] - m1[d])
+        var_s[d] = f[d] * kap + j * (j * var_s1[d])
+
+
+@_jit_serial
+def _rts_adjoint_row(f, a, m1, p1, mu_s1, var_s1, Gs1, Gv1, sig, nu, g_mu_f, g_var_f, g_mu_p1, g_var_p1, gA):
+    # sig, nu: σ_t, ν_t in, σ_{t+1}, ν_{t+1} out.
+    one, zero = f.dtype.type(1), f.dtype.type(0)
+    for d in range(f.shape[0]):
+        sigma, v = sig[d], nu[d]
+        j = f[d] * a[d] / p1[d]
+        kap = one - j * a[d]
+        nu_f = v * f[d] if kap > zero else zero
+        kap = max(kap, zero)
+        j_bar = sigma * (mu_s1[d] - m1[d]) + (j + j) * v * var_s1[d] - nu_f * a[d]
+        x = j_bar / p1[d]                                # J̄ / p'
+        g_mu_f[d] = sigma
+        g_var_f[d] = v * kap + x * a[d]
+        g_mu_p1[d] = -j * sigma
+        g_var_p1[d] = -x * j
+        gA[d] = x * f[d] - nu_f * j
+        sig[d] = Gs1[d] + j * sigma
+        nu[d] = Gv1[d] + j * (j * v)
+
+
+@_jit_serial
+def _rts_fwd_chain(mu_f, var_f, mu_p, var_p, A, mu_s, var_s):
+    T = mu_f.shape[0]
+    mu_s[T - 1] = mu_f[T - 1]
+    var_s[T - 1] = var_f[T - 1]
+    for t in range(T - 2, -1, -1):
+        _rts_row(mu_f[t], var_f[t], A[t], mu_p[t + 1], var_p[t + 1], mu_s[t + 1], var_s[t + 1], mu_s[t], var_s[t])
+
+
+@_jit_serial
+def _rts_bwd_chain(var_f, mu_p, var_p, A, mu_s, var_s, Gs, Gv, g_mu_f, g_var_f, g_mu_p, g_var_p, gA):
+    # Writes the smoother's gradients of the filter's outputs (g_mu_f, g_var_f, g_mu_p, g_var_p) and of A (gA).
+    T = var_f.shape[0]
+    sig = Gs[0].copy()                                 # σ and ν, carried over t
+    nu = Gv[0].copy()
+    g_mu_p[0] = 0
+    g_var_p[0] = 0
+    gA[T - 1] = 0
+    for t in range(T - 1):
+        _rts_adjoint_row(var_f[t], A[t], mu_p[t + 1], var_p[t + 1], mu_s[t + 1], var_s[t + 1], Gs[t + 1], Gv[t + 1],
+                         sig, nu, g_mu_f[t], g_var_f[t], g_mu_p[t + 1], g_var_p[t + 1], gA[t])
+    g_mu_f[T - 1] = sig
+    g_var_f[T - 1] = nu
+
+
+@_jit_serial
+def _add_into(dst, src):
+    """dst += src, (T, D) arrays."""
+    T, D = dst.shape
+    for t in range(T):
+        for d in range(D):
+            dst[t, d] += src[t, d]
+
+
+# The batched kernels: chains of one batch element are independent, so `prange` splits the batch over threads.
+
+@_jit
+def _kalman_filter_fwd(w, R, A, b, q, mu0, var0, mask, mu_f, var_f, mu_p, var_p):
+    for i in prange(w.shape[0]):
+        _filter_fwd_chain(w[i], R[i], A[i], b[i], q[i], mu0[i], var0[i], mask[i], mu_f[i], var_f[i], mu_p[i],
+                          var_p[i])
+
+
+@_jit
+def _kalman_filter_bwd(w, R, A, mask, mu_f, var_f, mu_p, var_p, Gu, Gf, Gm, Gp, gw, gR, gA, gb, gq, g_mu0, g_var0):
+    for i in prange(w.shape[0]):
+        gA[i] = 0
+        _filter_bwd_chain(w[i], R[i], A[i], mask[i], mu_f[i], var_f[i], mu_p[i], var_p[i], Gu[i], Gf[i], Gm[i],
+                          Gp[i], gw[i], gR[i], gA[i], gb[i], gq[i], g_mu0[i], g_var0[i])
+
+
 @_jit
 def _rts_fwd(mu_f, var_f, mu_p, var_p, A, mu_s, var_s):
-    Bn, T, D = mu_f.shape
-    one, zero = mu_f.dtype.type(1), mu_f.dtype.type(0)
-    for i in prange(Bn):
-        for d in range(D):
-            mu_s[i, T - 1, d] = mu_f[i, T - 1, d]
-            var_s[i, T - 1, d] = var_f[i, T - 1, d]
-        for t in range(T - 2, -1, -1):
-            for d in range(D):
-                f, a = var_f[i, t, d], A[i, t, d]
-                j = f * a / var_p[i, t + 1, d]
-                kap = max(one - j * a, zero)
-                mu_s[i, t, d] = mu_f[i, t, d] + j * (mu_s[i, t + 1, d] - mu_p[i, t + 1, d])
-                var_s[i, t, d] = f * kap + j * (j * var_s[i, t + 1, d])
+    for i in prange(mu_f.shape[0]):
+        _rts_fwd_chain(mu_f[i], var_f[i], mu_p[i], var_p[i], A[i], mu_s[i], var_s[i])
 
 
 @_jit
-def _rts_bwd(var_f, mu_p, var_p, A, mu_s, var_s, Gs, Gv, g_mu_f, g_var_f, g_mu_p, g_var_p, gA, add_in, Gu, Gf, Gm, Gp):
-    # σ and ν are carried in (D,) scratch per batch element. add_in: the gradients Gu, Gf, Gm, Gp of the filter's
-    # outputs (mu_f, var_f, mu_p, var_p) from elsewhere are added to the smoother's (filter + smoother in one
-    # Function: no separate accumulation pass); otherwise these four arguments are not read.
-    Bn, T, D = var_f.shape
-    one, zero = var_f.dtype.type(1), var_f.dtype.type(0)
-    for i in prange(Bn):
-        sig = np.empty(D, var_f.dtype)
-        nu = np.empty(D, var_f.dtype)
-        for d in range(D):
-            sig[d] = Gs[i, 0, d]
-            nu[d] = Gv[i, 0, d]
-            g_mu_p[i, 0, d] = Gm[i, 0, d] if add_in else zero
-            g_var_p[i, 0, d] = Gp[i, 0, d] if add_in else zero
-            gA[i, T - 1, d] = zero
-        for t in range(T - 1):
-            for d in range(D):
-                f, a, p1 = var_f[i, t, d], A[i, t, d], var_p[i, t + 1, d]
-                sigma, v = sig[d], nu[d]
-                j = f * a / p1
-                kap = one - j * a
-                nu_f = v * f if kap > zero else zero
-                kap = max(kap, zero)
-                j_bar = sigma * (mu_s[i, t + 1, d] - mu_p[i, t + 1, d]) + (j + j) * v * var_s[i, t + 1, d] \
-                    - nu_f * a
-                x = j_bar / p1                                   # J̄ / p'
-                gf = v * kap + x * a
-                gm1 = -j * sigma
-                gp1 = -x * j
-                if add_in:
-                    g_mu_f[i, t, d] = sigma + Gu[i, t, d]
-                    g_var_f[i, t, d] = gf + Gf[i, t, d]
-                    g_mu_p[i, t + 1, d] = gm1 + Gm[i, t + 1, d]
-                    g_var_p[i, t + 1, d] = gp1 + Gp[i, t + 1, d]
-                else:
-                    g_mu_f[i, t, d] = sigma
-                    g_var_f[i, t, d] = gf
-                    g_mu_p[i, t + 1, d] = gm1
-                    g_var_p[i, t + 1, d] = gp1
-                gA[i, t, d] = x * f - nu_f * j
-                sig[d] = Gs[i, t + 1, d] + j * sigma
-                nu[d] = Gv[i, t + 1, d] + j * (j * v)
-        for d in range(D):
-            g_mu_f[i, T - 1, d] = sig[d] + Gu[i, T - 1, d] if add_in else sig[d]
-            g_var_f[i, T - 1, d] = nu[d] + Gf[i, T - 1, d] if add_in else nu[d]
+def _rts_bwd(var_f, mu_p, var_p, A, mu_s, var_s, Gs, Gv, g_mu_f, g_var_f, g_mu_p, g_var_p, gA):
+    for i in prange(var_f.shape[0]):
+        _rts_bwd_chain(var_f[i], mu_p[i], var_p[i], A[i], mu_s[i], var_s[i], Gs[i], Gv[i], g_mu_f[i], g_var_f[i],
+                       g_mu_p[i], g_var_p[i], gA[i])
 
+
+@_jit
+def _filter_smoother_fwd(w, R, A, b, q, mu0, var0, mask, mu_f, var_f, mu_p, var_p, mu_s, var_s):
+    for i in prange(w.shape[0]):
+        _filter_fwd_chain(w[i], R[i], A[i], b[i], q[i], mu0[i], var0[i], mask[i], mu_f[i], var_f[i], mu_p[i],
+                          var_p[i])
+        _rts_fwd_chain(mu_f[i], var_f[i], mu_p[i], var_p[i], A[i], mu_s[i], var_s[i])
+
+
+@_jit
+def _filter_smoother_bwd(w, R, A, mask, mu_f, var_f, mu_p, var_p, mu_s, var_s, Gu, Gf, Gm, Gp, Gs, Gv,
+                         gw, gR, gA, gb, gq, g_mu0, g_var0, n_chunks):
+    # Per batch element: the smoother's adjoint into (T, D) scratch, plus the gradients that reach the filter's
+    # outputs directly, then the filter's adjoint reading that scratch. One scratch set per chunk of the batch.
+    Bn, T, D = w.shape
+    for c in prange(n_chunks):
+        tu = np.empty((T, D), w.dtype)
+        tf = np.empty((T, D), w.dtype)
+        tm = np.empty((T, D), w.dtype)
+        tp = np.empty((T, D), w.dtype)
+        for i in range(c * Bn // n_chunks, (c + 1) * Bn // n_chunks):
+            _rts_bwd_chain(var_f[i], mu_p[i], var_p[i], A[i], mu_s[i], var_s[i], Gs[i], Gv[i], tu, tf, tm, tp, gA[i])
+            _add_into(tu, Gu[i])
+            _add_into(tf, Gf[i])
+            _add_into(tm, Gm[i])
+            _add_into(tp, Gp[i])
+            _filter_bwd_chain(w[i], R[i], A[i], mask[i], mu_f[i], var_f[i], mu_p[i], var_p[i], tu, tf, tm, tp,
+                              gw[i], gR[i], gA[i], gb[i], gq[i], g_mu0[i], g_var0[i])
 
 
 def _empty(like: Tensor, shape=None) -> Tensor:
     return torch.empty(like.shape if shape is None else shape, dtype=like.dtype)
+
+
+def _n_chunks(batch: int) -> int:
+    return max(1, min(batch, numba.get_num_threads()))
 
 
 class KalmanFilterNumba(torch.autograd.Function):
@@ -248,7 +340,7 @@ class KalmanFilterNumba(torch.autograd.Function):
         _set_threads()
         _kalman_filter_bwd(*(_np(x) for x in (w, var_w, A)), m.numpy(),
                            *(_np(x) for x in (mu_f, var_f, mu_p, var_p, g_mu_f, g_var_f, g_mu_p, g_var_p)),
-                           *(g.numpy() for g in (gw, gR, gA, gb, gq, g_mu0, g_var0)), False)
+                           *(g.numpy() for g in (gw, gR, gA, gb, gq, g_mu0, g_var0)))
         return gw, gR, gA, gb, gq, g_mu0, g_var0, None
 
 
@@ -270,28 +362,25 @@ class RTSSmootherNumba(torch.autograd.Function):
         var_f, mu_p, var_p, A, mu_s, var_s = ctx.saved_tensors
         grads = [_empty(var_f) for _ in range(5)]  # mu_f, var_f, mu_p, var_p, A
         _set_threads()
-        unused = np.empty((0, 0, 0), grads[0].numpy().dtype)
-        _rts_bwd(*(_np(x) for x in (var_f, mu_p, var_p, A, mu_s, var_s, g_mu_s, g_var_s)),
-                 *(g.numpy() for g in grads), False, unused, unused, unused, unused)
+        _rts_bwd(*(_np(x) for x in (var_f, mu_p, var_p, A, mu_s, var_s, g_mu_s, g_var_s)), *(g.numpy() for g in grads))
         return tuple(grads)
 
 
 class KalmanFilterSmootherNumba(torch.autograd.Function):
     """Filter and smoother in one Function (models/kalman.py `kalman_filter_smoother`, "numba"): apply(w, var_w, A,
     b, var_dyn, mu0, var0, mask) -> (mu_f, var_f, mu_p, var_p, mu_s, var_s), each (B, T, D). Same values as the
-    two Functions above; its backward runs the smoother's adjoint, adding the gradients of the filter's outputs
-    inside the kernel, then the filter's, adding the gradient of A to the smoother's: no separate accumulation
-    passes over (B, T, D) tensors."""
+    two Functions above. Forward and backward each run filter and smoother of one batch element back to back; the
+    backward adds the gradients reaching the filter's outputs directly to the smoother's in a per-thread scratch,
+    so no (B, T, D) intermediate is allocated."""
 
     @staticmethod
     def forward(ctx, w, var_w, A, b, var_dyn, mu0, var0, mask):
         B, T, D = w.shape
         m = torch.ones(B, T, dtype=torch.bool) if mask is None else mask.contiguous()
         outs = [_empty(w) for _ in range(6)]
-        xs = [_np(x) for x in (w, var_w, A, b, var_dyn, mu0, var0)]
         _set_threads()
-        _kalman_filter_fwd(*xs, m.numpy(), *(o.numpy() for o in outs[:4]))
-        _rts_fwd(*(o.numpy() for o in outs[:4]), xs[2], outs[4].numpy(), outs[5].numpy())
+        _filter_smoother_fwd(*(_np(x) for x in (w, var_w, A, b, var_dyn, mu0, var0)), m.numpy(),
+                             *(o.numpy() for o in outs))
         ctx.save_for_backward(w, var_w, A, m, *outs)
         return tuple(outs)
 
@@ -299,17 +388,12 @@ class KalmanFilterSmootherNumba(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, *g_out):
         w, var_w, A, m, mu_f, var_f, mu_p, var_p, mu_s, var_s = ctx.saved_tensors
-        G = [_np(g) for g in g_out]                               # mu_f, var_f, mu_p, var_p, mu_s, var_s
-        gf = [_empty(w) for _ in range(4)]                        # total gradients of mu_f, var_f, mu_p, var_p
         gw, gR, gA, gb, gq = (_empty(w) for _ in range(5))
         g_mu0, g_var0 = _empty(w, w[:, 0].shape), _empty(w, w[:, 0].shape)
-        f_np = [_np(x) for x in (mu_f, var_f, mu_p, var_p)]
-        A_np = _np(A)
         _set_threads()
-        _rts_bwd(f_np[1], f_np[2], f_np[3], A_np, _np(mu_s), _np(var_s), G[4], G[5],
-                 *(g.numpy() for g in gf), gA.numpy(), True, *G[:4])
-        _kalman_filter_bwd(_np(w), _np(var_w), A_np, m.numpy(), *f_np, *(g.numpy() for g in gf),
-                           *(g.numpy() for g in (gw, gR, gA, gb, gq, g_mu0, g_var0)), True)
+        _filter_smoother_bwd(*(_np(x) for x in (w, var_w, A)), m.numpy(),
+                             *(_np(x) for x in (mu_f, var_f, mu_p, var_p, mu_s, var_s, *g_out)),
+                             *(g.numpy() for g in (gw, gR, gA, gb, gq, g_mu0, g_var0)), _n_chunks(w.shape[0]))
         return gw, gR, gA, gb, gq, g_mu0, g_var0, None
 
 

@@ -108,7 +108,8 @@ def leads_table(root: Path, budget: int = 100_000, reps: int = REPS, seed: int =
                        if r["status"] != "complete"]
             if done:
                 iqm, lo, hi = iqm_with_ci([r["score"] for r in done.values()], reps, seed)
-                result = f"{iqm:.0f} [{lo:.0f}, {hi:.0f}]"
+                result = (f"{iqm:.0f} (n={len(done)})" if np.isnan(lo) or np.isnan(hi)   # one seed: no interval
+                          else f"{iqm:.0f} [{lo:.0f}, {hi:.0f}]")
             else:
                 result = "running"
             d = mean_diagnostics([r["diag"] for r in done.values() if r["diag"]])

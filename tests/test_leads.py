@@ -63,6 +63,7 @@ def test_unfinished_runs_are_listed_and_budget_slack_is_honoured(root):
     table = leads.leads_table(root, budget=100_000, reps=50).set_index(["variant", "obs"])
     old = table.loc[("old_defaults", "state")]
     assert old["seeds"] == "1 (0)" and old["not counted"] == "seed1 running (50k)"
+    assert old["final return IQM [95% CI]"] == "140 (n=1)"          # one seed: no interval, never '[nan, nan]'
     short = table.loc[("old_defaults", "noisy_state")]
     assert short["final return IQM [95% CI]"] == "running" and short["not counted"] == "seed0 short (40k)"
     # the last evaluation within 1.01 x budget (101k), not the one at 110k

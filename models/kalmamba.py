@@ -106,19 +106,24 @@ class KalMambaConfig:
     # objective
     free_nats: float = 1.0           # as max(0, KL − free_nats) [C-CoRAL]: CoRAL's SSM+SAC value (VRKN's 3.0 is for
                                      # 64x64 images, where the KL is far above 3); with 3.0 the KL had a gradient on
-                                     # < 10 % of (b, t) on cartpole states (docs/paper-notes.md#free-nats)
+                                     # < 10 % of (b, t) on cartpole states (docs/paper-notes.md#free-nats); alone
+                                     # (from the old defaults) it did not make KalMamba learn (README "KalMamba
+                                     # learns", leads table: free_nats_1)
     kl_scale: float = 1.0            # VRKN / CoRAL [C-VRKN, C-CoRAL]
     init_kl_scale: float = 0.0       # VRKN `initial_kl_scale_factor` [C-VRKN]
     obs_loss_scale: float = 1.0      # VRKN [C-VRKN]
     reward_loss_scale: float | None = None  # None: by observation type: 10 on images (VRKN's `decoder_loss_scales`,
                                      # all its settings have images), 1 on state vectors (CoRAL's
                                      # `reward_scale_factor`; the state NLL has a few dims, not 12288 pixels;
-                                     # docs/paper-notes.md#reward-weight)
+                                     # docs/paper-notes.md#reward-weight); alone (from the old defaults) it did
+                                     # not make KalMamba learn (README leads table: reward_x1)
     reg_alpha: float = 1.0           # α of the Mahalanobis regulariser, Eq. 2 [S-glm]; 0 = `no_reg` ablation
     reg_reduction: str = "mean"      # over D: "sum" = Eq. 2's quadratic form, "mean" = sum / D; averaged over batch
                                      # and time either way [UNKNOWN]. "mean": the sum's gradient dominated the
-                                     # model update at D = 64 (docs/paper-notes.md#regulariser-reduction)
-    reg_detach_belief: bool = False  # stop-gradient into μ⁺, Σ⁺ in R [INF: no; docs/paper-notes.md#stop-gradient]
+                                     # model update at D = 64 (docs/paper-notes.md#regulariser-reduction); the one
+                                     # lead that alone made KalMamba learn (README "KalMamba learns": reg_mean)
+    reg_detach_belief: bool = False  # stop-gradient into μ⁺, Σ⁺ in R [INF: no; docs/paper-notes.md#stop-gradient];
+                                     # True (with the sum) did not learn, Kalman gain ~0 (README leads: reg_detach)
     kalman_method: str = "auto"      # models.kalman method: "auto" (parallel scan on CUDA, numba kernels on CPU) |
                                      # "numba" | "fused" | "parallel" | "sequential" (reference loop)
     # optimisation (read by rl/agent.py)

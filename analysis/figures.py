@@ -101,7 +101,21 @@ def _style():
 
 
 def _suptitle(fig: Figure, title: str, note: str = "") -> None:
-    fig.suptitle(title + (f"\n({note})" if note else ""))
+    """Title, then the note in parentheses, broken at its "; " clauses into lines that fit the figure's width (a
+    clause is never split, so a phrase stays searchable; one longer than a line gets a line of its own)."""
+    lines = [title]
+    if note:
+        points = matplotlib.font_manager.FontProperties(size=plt.rcParams["figure.titlesize"]).get_size_in_points()
+        width = max(20, int(fig.get_figwidth() * 72 / (0.6 * points)))   # characters per line, ~0.6 em each
+        clauses = f"({note})".split("; ")
+        lines.append(clauses[0])
+        for clause in clauses[1:]:
+            if len(lines[-1]) + 2 + len(clause) <= width:
+                lines[-1] += "; " + clause
+            else:
+                lines[-1] += ";"
+                lines.append(clause)
+    fig.suptitle("\n".join(lines))
 
 
 def _grid(n_panels: int, row_height: float, extra: float = 0.6, sharex=True, sharey=True):

@@ -805,3 +805,20 @@ def test_probe_table_shows_n_where_a_single_run_gives_no_interval():
     assert cells["KalMamba"]["cartpole-swingup: features"] == "0.97 (n=1)"
     assert cells["VRKN"]["cartpole-swingup: features"] == "0.97 [0.96, 0.98]"
     assert "nan" not in tables.to_markdown(table)
+
+
+def test_suptitle_note_fits_the_figure_width():
+    """The published-curve note and an incompleteness note, at the column width: the rendered title lies inside the
+    figure (it was clipped at both sides), and the note is broken only between its '; ' clauses."""
+    note = figures.PUBLISHED_NOTE + "; incomplete: 23 of 24 runs (missing: kalmamba seed 2)"
+    with figures._style():
+        fig, _ = matplotlib.pyplot.subplots(figsize=(figures.COLUMN_WIDTH, 2.0), layout="constrained")
+        figures._suptitle(fig, "State: return", note)
+        fig.canvas.draw()
+        box = fig._suptitle.get_window_extent()
+        assert box.x0 >= 0 and box.x1 <= fig.bbox.width
+        lines = fig._suptitle.get_text().split("\n")
+        assert lines[0] == "State: return" and len(lines) > 2
+        assert " ".join(lines[1:]) == f"({note})"                           # nothing lost, nothing reordered
+        assert all(line.endswith(";") for line in lines[1:-1])              # breaks only after a clause
+        matplotlib.pyplot.close(fig)

@@ -26,6 +26,7 @@ import pandas as pd
 from rliable import metrics
 
 from analysis.estimates import BUDGET_SLACK, REPS, SEED, interval_estimate
+from analysis.tables import interval_cell
 from rl.io import atomic_write_text
 
 VARIANT_ORDER = ("old_defaults", "reg_mean", "reg_detach", "free_nats_1", "reward_x1", "no_reg", "new_defaults", "sac")
@@ -108,8 +109,7 @@ def leads_table(root: Path, budget: int = 100_000, reps: int = REPS, seed: int =
                        if r["status"] != "complete"]
             if done:
                 iqm, lo, hi = iqm_with_ci([r["score"] for r in done.values()], reps, seed)
-                result = (f"{iqm:.0f} (n={len(done)})" if np.isnan(lo) or np.isnan(hi)   # one seed: no interval
-                          else f"{iqm:.0f} [{lo:.0f}, {hi:.0f}]")
+                result = interval_cell(iqm, lo, hi, len(done), ".0f")
             else:
                 result = "running"
             d = mean_diagnostics([r["diag"] for r in done.values() if r["diag"]])

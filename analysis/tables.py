@@ -19,11 +19,16 @@ from rl.io import atomic_write_text
 MISSING = "–"
 
 
+def interval_cell(estimate: float, ci_low: float, ci_high: float, n_runs: int, fmt: str) -> str:
+    """'812 [700, 901]' (fmt ".0f"), or '800 (n=1)' where no interval could be estimated (a bound is NaN)."""
+    if pd.isna(ci_low) or pd.isna(ci_high):
+        return f"{estimate:{fmt}} (n={int(n_runs)})"
+    return f"{estimate:{fmt}} [{ci_low:{fmt}}, {ci_high:{fmt}}]"
+
+
 def _cell(row) -> str:
-    """'812 [700, 901]', or '800 (n=1)' where no interval could be estimated."""
-    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
-        return f"{1000 * row['estimate']:.0f} (n={int(row['n_runs'])})"
-    return f"{1000 * row['estimate']:.0f} [{1000 * row['ci_low']:.0f}, {1000 * row['ci_high']:.0f}]"
+    """A return cell on the x1000 scale: '812 [700, 901]' or '800 (n=1)'."""
+    return interval_cell(1000 * row["estimate"], 1000 * row["ci_low"], 1000 * row["ci_high"], row["n_runs"], ".0f")
 
 
 def final_table(per_task: pd.DataFrame, aggregate: pd.DataFrame, exp: Experiment) -> pd.DataFrame:
@@ -86,9 +91,7 @@ def to_latex(table: pd.DataFrame, title: str, label: str) -> str:
 
 def _r2_cell(row) -> str:
     """'0.97 [0.96, 0.98]', or '0.97 (n=1)' where no interval could be estimated."""
-    if pd.isna(row["ci_low"]) or pd.isna(row["ci_high"]):
-        return f"{row['estimate']:.2f} (n={int(row['n_runs'])})"
-    return f"{row['estimate']:.2f} [{row['ci_low']:.2f}, {row['ci_high']:.2f}]"
+    return interval_cell(row["estimate"], row["ci_low"], row["ci_high"], row["n_runs"], ".2f")
 
 
 def probe_table(probe: pd.DataFrame, exp: Experiment) -> pd.DataFrame:

@@ -47,7 +47,7 @@ from rliable import library, metrics
 from analysis.collect import RUN_KEY
 from analysis.plan import ESTIMATE_FILES, PUBLISHED_SUFFIX, Experiment, sort_methods
 from rl.io import atomic_to_csv
-from rl.methods import REFERENCE
+from rl.methods import BASELINE, REFERENCE
 
 log = logging.getLogger(__name__)
 
@@ -432,14 +432,19 @@ def curve_rows(rows, selection, x, step, cap, ids, task, settings) -> list[dict]
 
 
 def improvement_rows(exp: Experiment, matrices: dict, settings: Settings) -> list[dict]:
-    """P(REFERENCE > Y) (rl.methods.REFERENCE: KalMamba) for every other method Y with a score matrix, at each context length."""
+    """Probability of improvement P(X > Y) (rliable) at each context length: X = REFERENCE (rl.methods: KalMamba)
+    against every other method Y with a score matrix (published ones included), then X = every other method of
+    ours against Y = BASELINE (rl.methods: plain SAC). Rows in that order."""
+    pairs = [(REFERENCE, m, ctx) for (m, ctx) in matrices if m != REFERENCE]
+    pairs += [(m, BASELINE, ctx) for (m, ctx) in matrices
+              if m not in (REFERENCE, BASELINE) and not m.endswith(PUBLISHED_SUFFIX)]
     rows = []
-    for (method, ctx), y in matrices.items():
-        x = matrices.get((REFERENCE, ctx))
-        if method == REFERENCE or x is None:
+    for method_x, method_y, ctx in pairs:
+        x, y = matrices.get((method_x, ctx)), matrices.get((method_y, ctx))
+        if x is None or y is None:
             continue
         point, ci = interval_estimate([x, y], metrics.probability_of_improvement, settings.reps, settings.seed)
-        rows.append(dict(experiment=exp.name, context_length=ctx, method_x=REFERENCE, method_y=method,
+        rows.append(dict(experiment=exp.name, context_length=ctx, method_x=method_x, method_y=method_y,
                          probability=point[0], ci_low=ci[0, 0], ci_high=ci[1, 0], n_runs_x=x.shape[0],
                          n_runs_y=y.shape[0], n_tasks=x.shape[1]))
     return rows

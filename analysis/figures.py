@@ -252,8 +252,9 @@ def profiles_figure(profiles: pd.DataFrame, methods: list[str], title: str, note
 
 
 def improvement_figure(improvement: pd.DataFrame, title: str, note: str = "", with_context: bool = False) -> Figure:
-    """P(KalMamba > Y) per baseline Y (and context length): 95% CI bar, point estimate, 0.5 marked."""
-    imp = improvement.copy()
+    """P(KalMamba > Y) per baseline Y (and context length): 95% CI bar, point estimate, 0.5 marked. Rows of
+    `improvement` with another method_x (P(Y > SAC): analysis/estimates.py) are in the tables, not here."""
+    imp = improvement[improvement["method_x"] == registry.REFERENCE].copy()
     imp["order"] = imp["method_y"].map({m: i for i, m in enumerate(sort_methods(imp["method_y"]))})
     imp = imp.sort_values(["context_length", "order"] if with_context else ["order"])
     labels = [_n_label(display_name(r.method_y) + (f", L={r.context_length}" if with_context else ""),

@@ -1,5 +1,5 @@
-"""Final-score tables: IQM return [95% CI] per method and task, plus the aggregate IQM over all tasks, as
-Markdown and LaTeX (booktabs). One table per experiment: `tables/final_<experiment>.{md,tex}`; and per experiment
+"""Final-score tables: IQM return [95% CI] per method and task, plus the aggregate IQM over all tasks and the
+probability of improvement over plain SAC (where the experiment has it), as Markdown and LaTeX (booktabs). One table per experiment: `tables/final_<experiment>.{md,tex}`; and per experiment
 on states the belief probe's R^2 [95% CI]: `tables/probe_<experiment>.{md,tex}`.
 
 Returns are shown (= 1000 x normalised score); the aggregate column is the IQM over runs x tasks (rliable).
@@ -15,6 +15,7 @@ import pandas as pd
 from analysis.estimates import coverage_note
 from analysis.plan import Experiment, display_name, sort_methods
 from rl.io import atomic_write_text
+from rl.methods import BASELINE
 
 MISSING = "–"
 
@@ -31,11 +32,26 @@ def _cell(row) -> str:
     return interval_cell(1000 * row["estimate"], 1000 * row["ci_low"], 1000 * row["ci_high"], row["n_runs"], ".0f")
 
 
-def final_table(per_task: pd.DataFrame, aggregate: pd.DataFrame, exp: Experiment) -> pd.DataFrame:
-    """Strings: one row per method (and context length in a context experiment), one column per task."""
+def _improvement_over_baseline(improvement: pd.DataFrame, exp: Experiment) -> dict[tuple[str, int], str]:
+    """(method, context length) -> 'P(method > BASELINE) [95% CI]' cell, from estimates/improvement.csv."""
+    if not len(improvement):
+        return {}
+    imp = improvement[(improvement["experiment"] == exp.name) & (improvement["method_y"] == BASELINE)]
+    return {(r.method_x, r.context_length): interval_cell(r.probability, r.ci_low, r.ci_high,
+                                                           min(r.n_runs_x, r.n_runs_y), ".2f")
+            for r in imp.itertuples()}
+
+
+def final_table(per_task: pd.DataFrame, aggregate: pd.DataFrame, exp: Experiment,
+                improvement: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Strings: one row per method (and context length in a context experiment), one column per task, the
+    aggregate IQM, and, where the experiment has the baseline (rl.methods.BASELINE, plain SAC), the probability of
+    improvement over it: 'P(> SAC)' (over all tasks; rliable)."""
     pt = per_task[per_task["experiment"] == exp.name] if len(per_task) else per_task
     ag = aggregate[(aggregate["experiment"] == exp.name) & (aggregate["metric"] == "IQM")] if len(aggregate) \
         else aggregate
+    over = _improvement_over_baseline(improvement if improvement is not None else pd.DataFrame(), exp)
+    over_column = f"P(> {display_name(BASELINE)})"
     with_ctx = exp.kind == "context"
     methods = sort_methods(list(pt["method"]) if len(pt) else [])
     rows = []
@@ -51,17 +67,24 @@ def final_table(per_task: pd.DataFrame, aggregate: pd.DataFrame, exp: Experiment
                 row[t] = _cell(sel.loc[t]) if t in sel.index else MISSING
             a = ag[(ag["method"] == m) & (ag["context_length"] == ctx)]
             row["Aggregate IQM"] = _cell(a.iloc[0]) if len(a) else MISSING
+            if over:
+                row[over_column] = over.get((m, ctx), MISSING)
             rows.append(row)
-    columns = ["Method", *(["Context"] if with_ctx else []), *exp.tasks, "Aggregate IQM"]
+    columns = ["Method", *(["Context"] if with_ctx else []), *exp.tasks, "Aggregate IQM",
+               *([over_column] if over else [])]
     return pd.DataFrame(rows, columns=columns)
 
 
-def caption(exp: Experiment, note: str = "", without_ci: bool = False) -> str:
-    """`without_ci`: some cell has too few runs for an interval (it shows n= instead)."""
+def caption(exp: Experiment, note: str = "", without_ci: bool = False, with_baseline: bool = False) -> str:
+    """`without_ci`: some cell has too few runs for an interval (it shows n= instead); `with_baseline`: the table
+    has the probability-of-improvement column."""
     ctx = ", ".join(str(c) for c in exp.context_lengths)
     n = "; (n=...): too few runs for an interval" if without_ci else ""
+    b = display_name(BASELINE)
+    p = (f" P(> {b}): probability that a run of the method beats a run of {b} on a random task [95% CI]."
+         if with_baseline else "")
     return (f"{exp.name}: final return, IQM over runs [95% stratified-bootstrap CI{n}]; context length {ctx}; "
-            f"aggregate = IQM over runs x tasks (x 1000)." + (f" ({note})" if note else ""))
+            f"aggregate = IQM over runs x tasks (x 1000).{p}" + (f" ({note})" if note else ""))
 
 
 def to_markdown(table: pd.DataFrame, title: str = "") -> str:
@@ -123,10 +146,11 @@ def write_tables(results_dir: str | Path, est: dict[str, pd.DataFrame], experime
     paths = []
     for exp in experiments:
         note = coverage_note(est.get("coverage", pd.DataFrame()), exp.name)
-        table = final_table(est.get("per_task", pd.DataFrame()), est.get("aggregate", pd.DataFrame()), exp)
+        table = final_table(est.get("per_task", pd.DataFrame()), est.get("aggregate", pd.DataFrame()), exp,
+                            est.get("improvement", pd.DataFrame()))
         without_ci = table.drop(columns=["Method", "Context"], errors="ignore").apply(
             lambda col: col.str.contains("(n=", regex=False)).to_numpy().any()
-        title = caption(exp, note, bool(without_ci))
+        title = caption(exp, note, bool(without_ci), with_baseline=f"P(> {display_name(BASELINE)})" in table)
         paths.append(atomic_write_text(out / f"final_{exp.name}.md", to_markdown(table, title)))
         paths.append(atomic_write_text(out / f"final_{exp.name}.tex", to_latex(table, title, f"tab:final_{exp.name}")))
         if exp.probed:

@@ -97,6 +97,9 @@ BUILTIN = (
 # The paper's method, the one the others are compared with: P(REFERENCE > Y) in the analysis, REFERENCE / Y update
 # times in the benchmarks.
 REFERENCE = "kalmamba"
+# The model-free baseline: the analysis also gives P(Y > BASELINE) for every other method Y of ours (does a world
+# model help SAC at all? issue 11: every SSM must beat plain SAC on noisy states).
+BASELINE = "sac"
 SPARE_COLORS = ("#fbafe4", "#ece133")   # pink, yellow: for a method without a colour, picked by a stable hash
 
 _REGISTRY: dict[str, Method] = {m.name: m for m in BUILTIN}

@@ -232,16 +232,22 @@ def test_probability_of_improvement_equals_rliable(study):
     n = 0
     for r in imp.itertuples():
         exp = exp_named(study, r.experiment)
-        x, y = matrix(study, exp, "kalmamba", r.context_length), matrix(study, exp, r.method_y, r.context_length)
+        x, y = matrix(study, exp, r.method_x, r.context_length), matrix(study, exp, r.method_y, r.context_length)
         point, ci = seeded(library.get_interval_estimates, {"p": (x, y)}, metrics.probability_of_improvement,
                            reps=REPS)
         assert_matches([r.probability, r.ci_low, r.ci_high], point["p"], np.ravel(ci["p"]))
         assert (r.n_runs_x, r.n_runs_y) == (x.shape[0], y.shape[0])
         n += 1
-    # pixels: 4 others (rssm, sac, 2 ablations) + published DreamerV3; noisy_state: 3; context: 2 x 3 lengths
-    assert n == 5 + 3 + 6
-    assert set(imp.loc[imp["experiment"] == "pixels", "method_y"]) == {
+    # P(KalMamba > Y): pixels 4 others (rssm, sac, 2 ablations) + published DreamerV3; noisy_state 3; context
+    # 2 x 3 lengths. P(Y > SAC): pixels rssm and the 2 ablations (never the published one); noisy_state rssm, vrkn.
+    assert n == (5 + 3 + 6) + (3 + 2)
+    pixels = imp[imp["experiment"] == "pixels"]
+    assert set(pixels.loc[pixels["method_x"] == "kalmamba", "method_y"]) == {
         "rssm", "sac", "kalmamba_no_mamba", "kalmamba_no_reg", "dreamerv3" + plan.PUBLISHED_SUFFIX}
+    assert set(pixels.loc[pixels["method_x"] != "kalmamba", "method_x"]) == {
+        "rssm", "kalmamba_no_mamba", "kalmamba_no_reg"}
+    assert (pixels.loc[pixels["method_x"] != "kalmamba", "method_y"] == "sac").all()
+    assert set(imp.loc[(imp["experiment"] == "context") & (imp["method_x"] != "kalmamba"), "method_x"]) == set()
 
 
 def test_sample_efficiency_curves_equal_rliable(study):
@@ -413,6 +419,25 @@ def test_tables_parse_and_hold_the_estimates(study):
     md = (study["root"] / "tables" / "final_pixels.md").read_text()
     assert f"| KalMamba | " in md and cell in md
     assert "incomplete: 23 of 24 runs" in (study["root"] / "tables" / "final_noisy_state.md").read_text()
+
+
+def test_final_table_has_the_probability_of_improvement_over_sac(study):
+    """The 'P(> SAC)' column: rliable's P(method > SAC) [95% CI] over the experiment's tasks, per method row, '–'
+    for SAC itself; absent where the experiment has no SAC (context)."""
+    md = (study["root"] / "tables" / "final_noisy_state.md").read_text()
+    header, *_ = [ln for ln in md.splitlines() if ln.startswith("| Method")]
+    assert header.endswith("| Aggregate IQM | P(> SAC) |") and "probability that a run of the method beats" in md
+    exp = exp_named(study, "noisy_state")
+    for method, name in (("kalmamba", "KalMamba"), ("rssm", "RSSM"), ("vrkn", "VRKN")):
+        x, y = matrix(study, exp, method, 32), matrix(study, exp, "sac", 32)
+        point, ci = seeded(library.get_interval_estimates, {"p": (x, y)}, metrics.probability_of_improvement,
+                           reps=REPS)
+        lo, hi = np.ravel(ci["p"])
+        cell = f"{float(np.ravel(point['p'])[0]):.2f} [{lo:.2f}, {hi:.2f}]"
+        row = next(ln for ln in md.splitlines() if ln.startswith(f"| {name} |"))
+        assert row.endswith(f"| {cell} |"), (row, cell)
+    assert next(ln for ln in md.splitlines() if ln.startswith("| SAC |")).endswith("| – |")
+    assert "P(> SAC)" not in (study["root"] / "tables" / "final_context.md").read_text()
 
 
 # ---------------------------------------------------------------- belief probe

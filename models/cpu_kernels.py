@@ -400,80 +400,170 @@ class KalmanFilterSmootherNumba(torch.autograd.Function):
 # ----------------------------------------------------------------------------------------------------------------
 # Mamba's selective scan (Gu & Dao 2023, Alg. 2; symbols of models/mamba.py), per batch element b:
 #   Ā_t = exp(Δ_t A),  h_t = Ā_t ⊙ h_{t-1} + Δ_t u_t B_t  (h_{-1} = 0),  y_t = h_t C_t + D ⊙ u_t      (E, N) states
-# The forward keeps only the running state h (E, N); the backward recomputes Ā_t and h_t of one batch element into
-# per-thread scratch (T, E, N) — so no (B, T, E, N) tensor is allocated — and then runs the adjoint in reverse:
+# The forward keeps only the running state h; the backward recomputes Ā_t and h_t of one batch element into
+# per-thread scratch (T, N, E) — so no (B, T, E, N) tensor is allocated — and then runs the adjoint in reverse:
 #   g_t = Ā_{t+1} ⊙ g_{t+1} + ∂y_t ⊗ C_t,   S_t = g_t ⊙ Ā_t ⊙ h_{t-1}  (0 at t = 0)
 #   ∂C_t = Σ_e ∂y_t,e h_t,e    ∂B_t = Σ_e Δ_t,e u_t,e g_t,e    ∂A = Σ_{b,t} Δ_t ⊙ S_t    ∂D = Σ_{b,t} u ⊙ ∂y
 #   ∂(Δu)_t = Σ_n g_t B_t,   ∂Δ_t = u_t ∂(Δu)_t + Σ_n A ⊙ S_t,   ∂u_t = Δ_t ∂(Δu)_t + D ∂y_t
+# Layout: states are held as (N, E) rows, so every loop over e is contiguous and LLVM vectorises it (also the sums
+# over n, accumulated per e); the two sums over e (∂C, ∂B) are dot products with 8 partial sums (`_dot`). Ā is
+# computed for a whole step at once by `_exp_inplace` (float32: a polynomial LLVM vectorises, since numba's np.exp
+# is a scalar call per element and was most of the scan's time; float64: np.exp).
 # Batch elements are split over `n_chunks` chunks (one per thread); ∂A and ∂D are summed per chunk in float64.
 # ----------------------------------------------------------------------------------------------------------------
+
+def _exp_inplace(x, bits):
+    """x <- exp(x) for a 1-D float array; `bits` is int32 scratch of x's length (used for float32 only)."""
+    np.exp(x, out=x)
+
+
+if numba is not None:
+    from numba import types
+    from numba.extending import overload
+
+    _LOG2E, _LN2_HI, _LN2_LO = np.float32(1.4426950408889634), np.float32(0.693359375), np.float32(-2.12194440e-4)
+    _C = tuple(np.float32(1.0 / np.prod(np.arange(1, j + 1, dtype=np.float64))) for j in range(8))  # 1/j!
+
+    @_jit_serial
+    def _exp_f32(x, bits):
+        """exp in float32, relative error <= 1.5e-7 (tests/test_mamba.py; np.exp: 6e-8): x = k ln2 + r with
+        |r| <= ln2/2 (Cody-Waite: ln2 split in a part exact in float32 and the rest), e^r by its degree-7 Taylor
+        polynomial, 2^k from its float32 bit pattern (k + 127) << 23. x is clamped to [-87, 88] (exp: 1.6e-38 to
+        1.7e38, the normal float32 range); NaN stays NaN."""
+        c0, c1, c2, c3, c4, c5, c6, c7 = _C
+        for j in range(x.shape[0]):
+            v = x[j]
+            v = np.float32(-87.0) if v < np.float32(-87.0) else v
+            v = np.float32(88.0) if v > np.float32(88.0) else v
+            ki = np.int32(v * _LOG2E + np.float32(126.5))        # floor(v log2 e + 1/2) + 126, >= 0
+            k = np.float32(ki) - np.float32(126.0)
+            r = v - k * _LN2_HI - k * _LN2_LO
+            x[j] = ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + c1) * r + c0
+            bits[j] = (ki + np.int32(1)) << np.int32(23)          # the float32 2^k
+        two_k = bits.view(np.float32)
+        for j in range(x.shape[0]):
+            x[j] *= two_k[j]
+
+    @_jit_serial
+    def _exp_loop(x, bits):
+        for j in range(x.shape[0]):
+            x[j] = np.exp(x[j])
+
+    @overload(_exp_inplace)
+    def _exp_inplace_overload(x, bits):
+        if x.dtype == types.float32:
+            return lambda x, bits: _exp_f32(x, bits)
+        return lambda x, bits: _exp_loop(x, bits)
+
+
+@_jit_serial
+def _dot(x, y):
+    """Σ_j x_j y_j over 1-D arrays, in 8 partial sums (independent chains LLVM vectorises), then added in order."""
+    n = x.shape[0]
+    s = np.zeros(8, x.dtype)
+    m = n - n % 8
+    for j0 in range(0, m, 8):
+        for k in range(8):
+            s[k] += x[j0 + k] * y[j0 + k]
+    for j in range(m, n):
+        s[j - m] += x[j] * y[j]
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+
 
 @_jit
 def _selective_scan_fwd(u, delta, A, Bm, C, D, y, n_chunks):
     Bn, T, E = u.shape
     N = A.shape[1]
     for c in prange(n_chunks):
-        h = np.empty((E, N), u.dtype)
+        At = np.ascontiguousarray(A.T)          # (N, E)
+        h = np.empty((N, E), u.dtype)
+        a = np.empty(N * E, u.dtype)            # Ā_t as (N, E) rows
+        bits = np.empty(N * E, np.int32)
         for i in range(c, Bn, n_chunks):
             h[:] = 0
             for t in range(T):
+                dt, ut, yt = delta[i, t], u[i, t], y[i, t]
+                for n in range(N):
+                    for e in range(E):
+                        a[n * E + e] = dt[e] * At[n, e]
+                _exp_inplace(a, bits)
                 for e in range(E):
-                    dt, ut = delta[i, t, e], u[i, t, e]
-                    du = dt * ut
-                    acc = D[e] * ut
-                    for n in range(N):
-                        x = np.exp(dt * A[e, n]) * h[e, n] + du * Bm[i, t, n]
-                        h[e, n] = x
-                        acc += x * C[i, t, n]
-                    y[i, t, e] = acc
+                    yt[e] = D[e] * ut[e]
+                for n in range(N):
+                    bn, cn = Bm[i, t, n], C[i, t, n]
+                    for e in range(E):
+                        x = a[n * E + e] * h[n, e] + (dt[e] * ut[e]) * bn
+                        h[n, e] = x
+                        yt[e] += x * cn
 
 
 @_jit
 def _selective_scan_bwd(u, delta, A, Bm, C, D, gy, gu, gdelta, gB, gC, gA_part, gD_part, n_chunks):
     Bn, T, E = u.shape
     N = A.shape[1]
-    zero = u.dtype.type(0)
+    NE = N * E
     for c in prange(n_chunks):
-        dA = np.empty((T, E, N), u.dtype)   # Ā_t of one batch element
-        h = np.empty((T, E, N), u.dtype)    # h_t
-        g = np.empty((E, N), u.dtype)       # the adjoint g_t
-        for n in range(N):
-            for e in range(E):
-                gA_part[c, e, n] = 0.0
+        At = np.ascontiguousarray(A.T)           # (N, E)
+        dA = np.empty((T, NE), u.dtype)          # Ā_t of one batch element, (N, E) rows
+        h = np.empty((T, NE), u.dtype)           # h_t
+        g = np.empty(NE, u.dtype)                # the adjoint g_t
+        gA = np.zeros(NE, np.float64)            # this chunk's ∂A, (N, E)
+        bits = np.empty(NE, np.int32)
+        du = np.empty(E, u.dtype)
+        gdu = np.empty(E, u.dtype)
+        sa = np.empty(E, u.dtype)
         for e in range(E):
             gD_part[c, e] = 0.0
         for i in range(c, Bn, n_chunks):
-            for t in range(T):                                          # recompute Ā_t, h_t
-                for e in range(E):
-                    dt = delta[i, t, e]
-                    du = dt * u[i, t, e]
-                    for n in range(N):
-                        a = np.exp(dt * A[e, n])
-                        dA[t, e, n] = a
-                        h[t, e, n] = (a * h[t - 1, e, n] if t > 0 else zero) + du * Bm[i, t, n]
+            for t in range(T):                                           # recompute Ā_t, h_t
+                dt, ut, at, ht = delta[i, t], u[i, t], dA[t], h[t]
+                for n in range(N):
+                    for e in range(E):
+                        at[n * E + e] = dt[e] * At[n, e]
+                _exp_inplace(at, bits)
+                for n in range(N):
+                    bn = Bm[i, t, n]
+                    if t > 0:
+                        hp = h[t - 1]
+                        for e in range(E):
+                            ht[n * E + e] = at[n * E + e] * hp[n * E + e] + (dt[e] * ut[e]) * bn
+                    else:
+                        for e in range(E):
+                            ht[n * E + e] = (dt[e] * ut[e]) * bn
             g[:] = 0
             for t in range(T - 1, -1, -1):
-                for n in range(N):
-                    gB[i, t, n] = 0
-                    gC[i, t, n] = 0
+                dt, ut, gyt = delta[i, t], u[i, t], gy[i, t]
                 for e in range(E):
-                    dt, ut, gye = delta[i, t, e], u[i, t, e], gy[i, t, e]
-                    du = dt * ut
-                    gdu = zero
-                    sa = zero
-                    for n in range(N):
-                        ge = (g[e, n] * dA[t + 1, e, n] if t + 1 < T else zero) + gye * C[i, t, n]
-                        g[e, n] = ge
-                        gC[i, t, n] += gye * h[t, e, n]
-                        gB[i, t, n] += du * ge
-                        gdu += ge * Bm[i, t, n]
-                        if t > 0:
-                            s = ge * dA[t, e, n] * h[t - 1, e, n]
-                            gA_part[c, e, n] += dt * s
-                            sa += A[e, n] * s
-                    gdelta[i, t, e] = gdu * ut + sa
-                    gu[i, t, e] = gdu * dt + D[e] * gye
-                    gD_part[c, e] += gye * ut
+                    du[e] = dt[e] * ut[e]
+                    gdu[e] = 0
+                    sa[e] = 0
+                for n in range(N):
+                    bn, cn = Bm[i, t, n], C[i, t, n]
+                    gn = g[n * E:(n + 1) * E]
+                    if t + 1 < T:
+                        an1 = dA[t + 1, n * E:(n + 1) * E]
+                        for e in range(E):
+                            gn[e] = gn[e] * an1[e] + gyt[e] * cn
+                    else:
+                        for e in range(E):
+                            gn[e] = gyt[e] * cn
+                    gC[i, t, n] = _dot(gyt, h[t, n * E:(n + 1) * E])
+                    gB[i, t, n] = _dot(du, gn)
+                    for e in range(E):
+                        gdu[e] += gn[e] * bn
+                    if t > 0:
+                        an, hp, gAn, An = dA[t, n * E:(n + 1) * E], h[t - 1, n * E:(n + 1) * E], gA[n * E:(n + 1) * E], At[n]
+                        for e in range(E):
+                            s = gn[e] * an[e] * hp[e]
+                            gAn[e] += dt[e] * s
+                            sa[e] += An[e] * s
+                for e in range(E):
+                    gdelta[i, t, e] = gdu[e] * ut[e] + sa[e]
+                    gu[i, t, e] = gdu[e] * dt[e] + D[e] * gyt[e]
+                    gD_part[c, e] += gyt[e] * ut[e]
+        for n in range(N):
+            for e in range(E):
+                gA_part[c, e, n] = gA[n * E + e]
 
 
 class SelectiveScanNumba(torch.autograd.Function):

@@ -472,100 +472,134 @@ def _dot(x, y):
     return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
 
 
+@_jit_serial
+def _scan_fwd_chain(u, delta, At, Bm, C, D, y, h, a, bits):
+    """One batch element: u, delta, y (T, E); At (N, E); Bm, C (T, N); scratch h (N, E), a (N·E,), bits (N·E,)."""
+    T, E = u.shape
+    N = At.shape[0]
+    h[:] = 0
+    for t in range(T):
+        dt, ut, yt = delta[t], u[t], y[t]
+        for n in range(N):
+            for e in range(E):
+                a[n * E + e] = dt[e] * At[n, e]
+        _exp_inplace(a, bits)
+        for e in range(E):
+            yt[e] = D[e] * ut[e]
+        for n in range(N):
+            bn, cn = Bm[t, n], C[t, n]
+            for e in range(E):
+                x = a[n * E + e] * h[n, e] + (dt[e] * ut[e]) * bn
+                h[n, e] = x
+                yt[e] += x * cn
+
+
+@_jit_serial
+def _scan_recompute(u, delta, At, Bm, dA, h, bits):
+    """Ā_t and h_t of one batch element into dA, h (T, N·E): u, delta (T, E); At (N, E); Bm (T, N)."""
+    T, E = u.shape
+    N = At.shape[0]
+    for t in range(T):
+        dt, ut, at, ht = delta[t], u[t], dA[t], h[t]
+        for n in range(N):
+            for e in range(E):
+                at[n * E + e] = dt[e] * At[n, e]
+        _exp_inplace(at, bits)
+        for n in range(N):
+            bn = Bm[t, n]
+            if t > 0:
+                hp = h[t - 1]
+                for e in range(E):
+                    ht[n * E + e] = at[n * E + e] * hp[n * E + e] + (dt[e] * ut[e]) * bn
+            else:
+                for e in range(E):
+                    ht[n * E + e] = (dt[e] * ut[e]) * bn
+
+
+@_jit_serial
+def _adjoint_row(gn, an1, gyt, cn, has_next):
+    """g_t row (E,) of one n, in place: g_t = Ā_{t+1} ⊙ g_{t+1} + ∂y_t C_t,n (no Ā_{t+1} term at t = T-1)."""
+    if has_next:
+        for e in range(gn.shape[0]):
+            gn[e] = gn[e] * an1[e] + gyt[e] * cn
+    else:
+        for e in range(gn.shape[0]):
+            gn[e] = gyt[e] * cn
+
+
+@_jit_serial
+def _adjoint_sums_row(gn, an, hp, dt, An, bn, gdu, gAn, sa):
+    """One n: ∂(Δu) += g B_n,  and with S = g ⊙ Ā_t ⊙ h_{t-1}:  ∂A_n += Δ ⊙ S,  Σ_n A ⊙ S += A_n ⊙ S  (rows (E,))."""
+    for e in range(gn.shape[0]):
+        gdu[e] += gn[e] * bn
+        s = gn[e] * an[e] * hp[e]
+        gAn[e] += dt[e] * s
+        sa[e] += An[e] * s
+
+
+@_jit_serial
+def _scan_bwd_chain(u, delta, At, Bm, C, D, gy, gu, gdelta, gB, gC, gA, gD, dA, h, g, bits, du, gdu, sa):
+    """One batch element: u, delta, gy, gu, gdelta (T, E); At (N, E); Bm, C, gB, gC (T, N); accumulates into gA
+    (N·E,) and gD (E,) (float64); scratch dA, h (T, N·E), g, bits (N·E,), du, gdu, sa (E,)."""
+    T, E = u.shape
+    N = At.shape[0]
+    _scan_recompute(u, delta, At, Bm, dA, h, bits)
+    g[:] = 0
+    for t in range(T - 1, -1, -1):                                   # the adjoint, in reverse
+        dt, ut, gyt = delta[t], u[t], gy[t]
+        for e in range(E):
+            du[e] = dt[e] * ut[e]
+            gdu[e] = 0
+            sa[e] = 0
+        for n in range(N):
+            lo, hi = n * E, (n + 1) * E
+            gn = g[lo:hi]
+            _adjoint_row(gn, dA[min(t + 1, T - 1), lo:hi], gyt, C[t, n], t + 1 < T)
+            gC[t, n] = _dot(gyt, h[t, lo:hi])
+            gB[t, n] = _dot(du, gn)
+            if t > 0:
+                _adjoint_sums_row(gn, dA[t, lo:hi], h[t - 1, lo:hi], dt, At[n], Bm[t, n], gdu, gA[lo:hi], sa)
+            else:
+                for e in range(E):
+                    gdu[e] += gn[e] * Bm[t, n]
+        for e in range(E):
+            gdelta[t, e] = gdu[e] * ut[e] + sa[e]
+            gu[t, e] = gdu[e] * dt[e] + D[e] * gyt[e]
+            gD[e] += gyt[e] * ut[e]
+
+
 @_jit
 def _selective_scan_fwd(u, delta, A, Bm, C, D, y, n_chunks):
     Bn, T, E = u.shape
     N = A.shape[1]
+    At = np.ascontiguousarray(A.T)               # (N, E)
     for c in prange(n_chunks):
-        At = np.ascontiguousarray(A.T)          # (N, E)
         h = np.empty((N, E), u.dtype)
-        a = np.empty(N * E, u.dtype)            # Ā_t as (N, E) rows
+        a = np.empty(N * E, u.dtype)             # Ā_t as (N, E) rows
         bits = np.empty(N * E, np.int32)
         for i in range(c, Bn, n_chunks):
-            h[:] = 0
-            for t in range(T):
-                dt, ut, yt = delta[i, t], u[i, t], y[i, t]
-                for n in range(N):
-                    for e in range(E):
-                        a[n * E + e] = dt[e] * At[n, e]
-                _exp_inplace(a, bits)
-                for e in range(E):
-                    yt[e] = D[e] * ut[e]
-                for n in range(N):
-                    bn, cn = Bm[i, t, n], C[i, t, n]
-                    for e in range(E):
-                        x = a[n * E + e] * h[n, e] + (dt[e] * ut[e]) * bn
-                        h[n, e] = x
-                        yt[e] += x * cn
+            _scan_fwd_chain(u[i], delta[i], At, Bm[i], C[i], D, y[i], h, a, bits)
 
 
 @_jit
 def _selective_scan_bwd(u, delta, A, Bm, C, D, gy, gu, gdelta, gB, gC, gA_part, gD_part, n_chunks):
     Bn, T, E = u.shape
     N = A.shape[1]
-    NE = N * E
+    At = np.ascontiguousarray(A.T)               # (N, E)
     for c in prange(n_chunks):
-        At = np.ascontiguousarray(A.T)           # (N, E)
-        dA = np.empty((T, NE), u.dtype)          # Ā_t of one batch element, (N, E) rows
-        h = np.empty((T, NE), u.dtype)           # h_t
-        g = np.empty(NE, u.dtype)                # the adjoint g_t
-        gA = np.zeros(NE, np.float64)            # this chunk's ∂A, (N, E)
-        bits = np.empty(NE, np.int32)
-        du = np.empty(E, u.dtype)
-        gdu = np.empty(E, u.dtype)
-        sa = np.empty(E, u.dtype)
-        for e in range(E):
-            gD_part[c, e] = 0.0
+        gA = np.zeros(N * E, np.float64)         # this chunk's ∂A, (N, E)
+        gD = np.zeros(E, np.float64)
+        dA, h = np.empty((T, N * E), u.dtype), np.empty((T, N * E), u.dtype)
+        g, bits = np.empty(N * E, u.dtype), np.empty(N * E, np.int32)
+        du, gdu, sa = np.empty(E, u.dtype), np.empty(E, u.dtype), np.empty(E, u.dtype)
         for i in range(c, Bn, n_chunks):
-            for t in range(T):                                           # recompute Ā_t, h_t
-                dt, ut, at, ht = delta[i, t], u[i, t], dA[t], h[t]
-                for n in range(N):
-                    for e in range(E):
-                        at[n * E + e] = dt[e] * At[n, e]
-                _exp_inplace(at, bits)
-                for n in range(N):
-                    bn = Bm[i, t, n]
-                    if t > 0:
-                        hp = h[t - 1]
-                        for e in range(E):
-                            ht[n * E + e] = at[n * E + e] * hp[n * E + e] + (dt[e] * ut[e]) * bn
-                    else:
-                        for e in range(E):
-                            ht[n * E + e] = (dt[e] * ut[e]) * bn
-            g[:] = 0
-            for t in range(T - 1, -1, -1):
-                dt, ut, gyt = delta[i, t], u[i, t], gy[i, t]
-                for e in range(E):
-                    du[e] = dt[e] * ut[e]
-                    gdu[e] = 0
-                    sa[e] = 0
-                for n in range(N):
-                    bn, cn = Bm[i, t, n], C[i, t, n]
-                    gn = g[n * E:(n + 1) * E]
-                    if t + 1 < T:
-                        an1 = dA[t + 1, n * E:(n + 1) * E]
-                        for e in range(E):
-                            gn[e] = gn[e] * an1[e] + gyt[e] * cn
-                    else:
-                        for e in range(E):
-                            gn[e] = gyt[e] * cn
-                    gC[i, t, n] = _dot(gyt, h[t, n * E:(n + 1) * E])
-                    gB[i, t, n] = _dot(du, gn)
-                    for e in range(E):
-                        gdu[e] += gn[e] * bn
-                    if t > 0:
-                        an, hp, gAn, An = dA[t, n * E:(n + 1) * E], h[t - 1, n * E:(n + 1) * E], gA[n * E:(n + 1) * E], At[n]
-                        for e in range(E):
-                            s = gn[e] * an[e] * hp[e]
-                            gAn[e] += dt[e] * s
-                            sa[e] += An[e] * s
-                for e in range(E):
-                    gdelta[i, t, e] = gdu[e] * ut[e] + sa[e]
-                    gu[i, t, e] = gdu[e] * dt[e] + D[e] * gyt[e]
-                    gD_part[c, e] += gyt[e] * ut[e]
+            _scan_bwd_chain(u[i], delta[i], At, Bm[i], C[i], D, gy[i], gu[i], gdelta[i], gB[i], gC[i], gA, gD,
+                            dA, h, g, bits, du, gdu, sa)
         for n in range(N):
             for e in range(E):
                 gA_part[c, e, n] = gA[n * E + e]
+        for e in range(E):
+            gD_part[c, e] = gD[e]
 
 
 class SelectiveScanNumba(torch.autograd.Function):

@@ -29,7 +29,8 @@ from analysis.estimates import BUDGET_SLACK, REPS, SEED, interval_estimate
 from analysis.tables import interval_cell
 from rl.io import atomic_write_text
 
-VARIANT_ORDER = ("old_defaults", "reg_mean", "reg_detach", "free_nats_1", "reward_x1", "no_reg", "new_defaults", "sac")
+VARIANT_ORDER = ("old_defaults", "reg_mean", "reg_detach", "free_nats_1", "reward_x1", "no_reg", "new_defaults", "sac",
+                 "vrkn", "vrkn_reward_x10")
 OBS_ORDER = ("state", "noisy_state")
 PARTS = ("recon", "reward", "kl", "reg")
 MISSING = "–"

@@ -2,6 +2,8 @@
 # The "KalMamba learns" leads study (issue 10; README "KalMamba learns: what each change did"): the fidelity review's
 # leads one at a time against the old defaults, all of them together (the new defaults), KalMamba without the
 # regulariser and plain SAC, on clean and noisy cartpole-swingup states at the issue's sizes, one run at a time.
+# Also VRKN with its state-task reward weight (1, `vrkn`) and with the image setting's x10 (`vrkn_reward_x10`): what
+# the observation-type reward rule did to VRKN. Not in the default --variants; name them.
 # Every variant sets its loss values by flags, so it does not change when a default does.
 #
 #   bash scripts/kalmamba-leads.sh [--root DIR] [--seeds "0 1 2"] [--obs "state noisy_state"]
@@ -33,7 +35,7 @@ while (( $# )); do
     --variants) variants=$2; shift 2 ;;
     --env-steps) env_steps=$2; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n 2,17p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
     *) echo "kalmamba-leads.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -43,6 +45,7 @@ COMMON=(--task cartpole-swingup --context-length 32 --env-steps "$env_steps" --e
         --checkpoint-every 10000 --batch-size 16 --log-every 5000 --torch-threads 1 --device cpu
         --wall-clock-hours 6 --sac.hidden_dim 256 --sac.n_layers 2)
 KALMAMBA=(--model.latent_dim 64 --model.d_model 64 --model.hidden_dim 128)
+VRKN=(--model.latent_dim 64 --model.hidden_dim 128)   # the validation study's VRKN sizes
 # The old defaults (before issue 10): regulariser summed over D with alpha 1, free nats 3, reward x10.
 OLD=(--model.reg_reduction sum --model.reg_alpha 1 --model.reg_detach_belief false --model.free_nats 3
      --model.reward_loss_scale 10)
@@ -58,8 +61,10 @@ variant_args() {  # variant -> the rl.train arguments after COMMON
     new_defaults) echo --method kalmamba "${KALMAMBA[@]}" --model.reg_reduction mean --model.reg_alpha 1 \
                        --model.reg_detach_belief false --model.free_nats 1 --model.reward_loss_scale 1 ;;
     sac)          echo --method sac ;;
+    vrkn)         echo --method vrkn "${VRKN[@]}" --model.reward_loss_scale 1 ;;   # VRKN's state-task default
+    vrkn_reward_x10) echo --method vrkn "${VRKN[@]}" --model.reward_loss_scale 10 ;;  # VRKN's image-setting weight
     *) echo "kalmamba-leads.sh: unknown variant '$1'; valid: old_defaults reg_mean reg_detach free_nats_1" \
-            "reward_x1 no_reg new_defaults sac" >&2; return 2 ;;
+            "reward_x1 no_reg new_defaults sac vrkn vrkn_reward_x10" >&2; return 2 ;;
   esac
 }
 

@@ -23,6 +23,7 @@ config.json (`resolved()`).
 
 The path of a study value to the model, e.g. `model: {kalmamba: {d_model: 32}}` in config/default.yaml (4 hops):
   1. workflow/rules/common.smk:run_flags   -> `--model.d_model 32` on the train rule's `python -m rl.train` line
+                                               (the study's sections for one method: rl/methods.py:study_settings)
   2. rl/config.py:parse_args (tyro)         -> `KalMambaConfig(d_model=32)`, checked by its `__post_init__`, held
                                                as `RunConfig.model`
   3. rl/methods.py:build_agent              -> `KalMamba(obs_shape, action_dim, cfg.model)` (called by

@@ -181,6 +181,21 @@ def ablation_switch(method: str) -> dict[str, Any]:
     return dict(_trained(method).switch)
 
 
+def study_settings(config: Mapping[str, Any], method: str) -> dict[str, Any]:
+    """The run CLI's fields (rl.config.RunConfig; `model` and `sac` as mappings) that a study config
+    (config/*.yaml, config/schema.yaml) gives every run of `method`: `plugin` (a plugin's method: its file), the
+    `train:` section as it is, `model.<family of method>:` and `sac:`. An ablation fixes its own switched field
+    (e.g. no dropout): the study's value of that field is for the full model, so the ablation does not get it (the
+    run CLI refuses a value that contradicts the ablation). The workflow (common.smk: run_flags,
+    check_study_runs) and benchmarks/end_to_end.py build their runs from it."""
+    model = dict((config.get("model") or {}).get(model_family(method)) or {})
+    for name in ablation_switch(method):
+        model.pop(name, None)
+    plugin = get(method).plugin
+    return {**({"plugin": plugin} if plugin else {}), **config["train"], "model": model,
+            "sac": dict(config.get("sac") or {})}
+
+
 def make_model_config(method: str, overrides: dict[str, Any] | None = None) -> Any:
     """The method's model config: defaults, then `overrides`, then the ablation switch. Overriding the
     switched field with another value is an error (e.g. an ablation without dropout with `dropout=0.1`)."""

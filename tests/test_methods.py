@@ -56,6 +56,23 @@ def test_built_in_methods_resolve_and_ablations_fix_their_field():
         methods.get("kalmanba")
 
 
+def test_study_settings_are_the_study_sections_less_the_ablation_s_switched_field(tmp_path):
+    config = {"train": {"env_steps": 3000, "torch_threads": 1},
+              "model": {"kalmamba": {"d_model": 32, "dropout": 0.2}, "rssm": {"deter_dim": 48}},
+              "sac": {"hidden_dim": 64}}
+    full = methods.study_settings(config, "kalmamba")
+    assert full == {"env_steps": 3000, "torch_threads": 1, "model": {"d_model": 32, "dropout": 0.2},
+                    "sac": {"hidden_dim": 64}}
+    ablation = methods.study_settings(config, "kalmamba_no_dropout")   # family kalmamba, switch dropout = 0
+    assert ablation["model"] == {"d_model": 32}
+    assert methods.study_settings(config, "sac")["model"] == {}
+    full["model"]["d_model"] = 1
+    assert config["model"]["kalmamba"]["d_model"] == 32                    # a copy: the study is not changed
+    methods.load_plugin(EXAMPLE)
+    gru = methods.study_settings({"train": {"seed": 0}}, "gru")
+    assert list(gru)[0] == "plugin" and gru["plugin"] == str(EXAMPLE) and gru["model"] == {} == gru["sac"]
+
+
 def test_every_method_has_its_own_colour_and_ablations_their_own_dashes():
     ms = [methods.get(n) for n in methods.names()]
     colours = [m.color for m in ms] + list(methods.SPARE_COLORS)

@@ -142,22 +142,6 @@ load_plugins()
 check_method_names()
 
 
-def model_settings(method):
-    """The study's `model.<family of method>` settings for one method. An ablation fixes its own switched field
-    (rl.methods: e.g. no dropout): the study's value of that field is for the full model, and the ablation does
-    not get it (the run CLI refuses a value that contradicts the ablation)."""
-    model = dict(config.get("model", {}).get(methods.model_family(method)) or {})
-    for field in methods.ablation_switch(method):
-        model.pop(field, None)
-    return model
-
-
-def plugin_flag(method):
-    """`--plugin FILE` for a plugin's method (its file, as the study names it), else ''."""
-    plugin = methods.get(method).plugin
-    return f"--plugin {shlex.quote(plugin)}" if plugin else ""
-
-
 def study_runs():
     """Every run of the study, once: the union over the experiment grids of obs x task x method x ctx x seed."""
     runs = set()
@@ -189,10 +173,8 @@ def check_study_runs():
                     if methods.get(method).external or key in seen:
                         continue
                     seen.add(key)
-                    plugin = {"plugin": methods.get(method).plugin} if methods.get(method).plugin else {}
-                    runs.append({**config["train"], **plugin, "method": method, "task": task, "obs": grid["obs"],
-                                 "context_length": ctx, "out": RESULTS, "model": model_settings(method),
-                                 "sac": dict(config.get("sac") or {})})
+                    runs.append({**methods.study_settings(config, method), "method": method, "task": task,
+                                 "obs": grid["obs"], "context_length": ctx, "out": RESULTS})
                     where.append(f"experiments.{name}: the run (obs {grid['obs']}, task {task}, method {method}, "
                                  f"context length {ctx})")
     code = "import json, sys; from rl.config import first_refused; print(json.dumps(first_refused(json.load(sys.stdin))))"
@@ -266,13 +248,15 @@ if not workflow.remote_exec:
 
 
 def run_flags(method):
-    """The run CLI's flags that come from the study config, for one method: `--plugin FILE` for a plugin's method,
-    `train:` -> --<field-name>, `model.<family of method>:` -> --model.<field>, `sac:` -> --sac.<field>."""
+    """The run CLI's flags that come from the study config, for one method (rl.methods.study_settings):
+    `--plugin FILE` for a plugin's method, `train:` -> --<field-name>, `model.<family of method>:` -> --model.<field>,
+    `sac:` -> --sac.<field>."""
+    settings = methods.study_settings(config, method)
+    model, sac = settings.pop("model"), settings.pop("sac")
     return " ".join(flags for flags in [
-        plugin_flag(method),
-        cli_flags(config["train"]),
-        cli_flags(model_settings(method), prefix="--model.", dashes=False),
-        cli_flags(config.get("sac", {}), prefix="--sac.", dashes=False),
+        cli_flags(settings),
+        cli_flags(model, prefix="--model.", dashes=False),
+        cli_flags(sac, prefix="--sac.", dashes=False),
     ] if flags)
 
 

@@ -32,6 +32,11 @@ def _cell(row) -> str:
     return interval_cell(1000 * row["estimate"], 1000 * row["ci_low"], 1000 * row["ci_high"], row["n_runs"], ".0f")
 
 
+def baseline_column() -> str:
+    """Header of the final tables' probability-of-improvement column, e.g. 'P(> SAC)'."""
+    return f"P(> {display_name(BASELINE)})"
+
+
 def _improvement_over_baseline(improvement: pd.DataFrame, exp: Experiment) -> dict[tuple[str, int], str]:
     """(method, context length) -> 'P(method > BASELINE) [95% CI]' cell, from estimates/improvement.csv."""
     if not len(improvement):
@@ -51,7 +56,7 @@ def final_table(per_task: pd.DataFrame, aggregate: pd.DataFrame, exp: Experiment
     ag = aggregate[(aggregate["experiment"] == exp.name) & (aggregate["metric"] == "IQM")] if len(aggregate) \
         else aggregate
     over = _improvement_over_baseline(improvement if improvement is not None else pd.DataFrame(), exp)
-    over_column = f"P(> {display_name(BASELINE)})"
+    over_column = baseline_column()
     with_ctx = exp.kind == "context"
     methods = sort_methods(list(pt["method"]) if len(pt) else [])
     rows = []
@@ -81,7 +86,7 @@ def caption(exp: Experiment, note: str = "", without_ci: bool = False, with_base
     ctx = ", ".join(str(c) for c in exp.context_lengths)
     n = "; (n=...): too few runs for an interval" if without_ci else ""
     b = display_name(BASELINE)
-    p = (f" P(> {b}): probability that a run of the method beats a run of {b} on a random task [95% CI]."
+    p = (f" {baseline_column()}: probability that a run of the method beats a run of {b} on a random task [95% CI]."
          if with_baseline else "")
     return (f"{exp.name}: final return, IQM over runs [95% stratified-bootstrap CI{n}]; context length {ctx}; "
             f"aggregate = IQM over runs x tasks (x 1000).{p}" + (f" ({note})" if note else ""))
@@ -150,7 +155,7 @@ def write_tables(results_dir: str | Path, est: dict[str, pd.DataFrame], experime
                             est.get("improvement", pd.DataFrame()))
         without_ci = table.drop(columns=["Method", "Context"], errors="ignore").apply(
             lambda col: col.str.contains("(n=", regex=False)).to_numpy().any()
-        title = caption(exp, note, bool(without_ci), with_baseline=f"P(> {display_name(BASELINE)})" in table)
+        title = caption(exp, note, bool(without_ci), with_baseline=baseline_column() in table)
         paths.append(atomic_write_text(out / f"final_{exp.name}.md", to_markdown(table, title)))
         paths.append(atomic_write_text(out / f"final_{exp.name}.tex", to_latex(table, title, f"tab:final_{exp.name}")))
         if exp.probed:

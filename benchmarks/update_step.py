@@ -19,6 +19,11 @@ order each repetition, after `--warmup` untimed calls per case):
   no_grad) and `sac_s` (`Agent.sac.update` on those features); the model's backward + optimiser step is about
   update_s − forward_s − features_s − sac_s (plus the cost of building the graph); `world_model_s` =
   update_s − sac_s − features_s (medians), the world-model step alone (SAC is the same for every method);
+- `update_gflop`: the matrix-product FLOPs (matmul, linear, convolution, forward and backward) of one
+  `Agent.update`, counted by `torch.utils.flop_counter.FlopCounterMode` on one extra, untimed update;
+  `update_gflops` = update_gflop / update_s, the rate the update achieves, next to `summary.matmul_gflops`, the
+  rate of one large float32 matrix product (1024 x 1024 x 1024) on the same device and threads: how far an update
+  is from its arithmetic bound (on a CPU at small sizes, most of an update is not arithmetic);
 - `peak_mem_mb`: extra peak memory of one `Agent.update` at this context length. On CUDA:
   `torch.cuda.max_memory_allocated()` above the memory allocated before the call. On CPU (tracemalloc does not
   see torch's allocator): a fresh subprocess per case builds the agent and the batch, runs one update on a
@@ -39,7 +44,8 @@ Output: a table on stdout and JSON at `--out` (docs/architecture.md, "Benchmark 
 analysis/figures.py for Fig. 6):
     {"machine": benchmarks.machine.describe(), "config": {...}, "summary": {...},
      "results": [{"method", "context_length", "batch_size", "device", "obs", "forward_s", "update_s",
-                  "peak_mem_mb", "features_s", "sac_s", "world_model_s", "forward_s_samples", "update_s_samples",
+                  "peak_mem_mb", "features_s", "sac_s", "world_model_s", "update_gflop", "update_gflops",
+                  "forward_s_samples", "update_s_samples",
                   "status"}, ...]}
 A skipped case has `status` "skipped: <why>" and null times. `summary` holds the update-time ratios
 KalMamba / Y for every other timed method Y per context length, the same ratios of `world_model_s` (with the
@@ -175,6 +181,22 @@ def sac_update(agent, batch, feat: torch.Tensor) -> None:
     F, A = feat.shape[-1], batch["prev_actions"].shape[-1]
     agent.sac.update(feat[:, :-1].reshape(-1, F), batch["prev_actions"][:, 1:].reshape(-1, A),
                      batch["rewards"][:, 1:].reshape(-1), feat[:, 1:].reshape(-1, F))
+
+
+def update_flops(agent, batch) -> int:
+    """Matrix-product FLOPs of one `agent.update(batch)` (forward and backward; FlopCounterMode's count)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        agent.update(batch)
+    return counter.get_total_flops()
+
+
+def matmul_gflops(device: str, n: int = 1024, repeats: int = 5) -> float:
+    """GFLOP/s of one float32 (n x n) @ (n x n) product on `device` (median of `repeats`, after one warm-up)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    timed(lambda: a @ b, device)
+    return 2 * n ** 3 / statistics.median(timed(lambda: a @ b, device) for _ in range(repeats)) / 1e9
 
 
 def timed(fn: Callable[[], Any], device: str) -> float:
@@ -323,7 +345,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[tuple[str, int], dict[str, Any]] = {
         (m, T): {"method": m, "context_length": T, "batch_size": B, "device": device, "obs": args.obs,
                  "forward_s": None, "update_s": None, "peak_mem_mb": None, "features_s": None, "sac_s": None,
-                 "world_model_s": None, "forward_s_samples": [], "update_s_samples": [], "status": "ok"}
+                 "world_model_s": None, "update_gflop": None, "update_gflops": None, "forward_s_samples": [],
+                 "update_s_samples": [], "status": "ok"}
         for m in methods for T in ctxs}
 
     def skip(m: str, T: int, why: str) -> None:
@@ -373,6 +396,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     agents[m].update(batches[T])
                 if device == "cuda" and args.memory:
                     results[(m, T)]["peak_mem_mb"] = memory_cuda(agents[m], batches[T])
+                results[(m, T)]["update_gflop"] = update_flops(agents[m], batches[T]) / 1e9
             except BaseException as err:  # noqa: BLE001
                 if not is_oom(err):
                     raise
@@ -408,6 +432,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             r["features_s"] = statistics.median(extra[k]["features_s"])
             r["sac_s"] = statistics.median(extra[k]["sac_s"])
             r["world_model_s"] = r["update_s"] - r["sac_s"] - r["features_s"]
+        r["update_gflops"] = r["update_gflop"] / r["update_s"] if r["update_s"] > 0 else None
 
     config = {"methods": methods, "plugins": args.plugin, "context_lengths": ctxs, "batch_size": B,
               "repeats": args.repeats, "warmup": args.warmup, "latent_dim": args.latent_dim, "obs": args.obs,
@@ -420,7 +445,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "peak-RSS (VmHWM) growth over one update, fresh subprocess per case"),
               "models": configs}
     rows = [results[(m, T)] for m in methods for T in ctxs]
-    return {"machine": describe(), "config": config, "summary": summarize(rows), "results": rows}
+    summary = {**summarize(rows), "matmul_gflops": matmul_gflops(device)}
+    return {"machine": describe(), "config": config, "summary": summary, "results": rows}
 
 
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -455,16 +481,21 @@ def format_table(bench: dict[str, Any]) -> str:
     cfg = bench["config"]
     head = (f"update_step: device {cfg['device']}, obs {cfg['obs']}, batch {cfg['batch_size']}, latent "
             f"{cfg['latent_dim']}, {cfg['repeats']} repetitions (medians), torch threads {cfg['torch_threads']}")
-    cols = ["method", "ctx", "forward ms", "update ms", "features ms", "sac ms", "wm ms", "peak MB", "status"]
+    cols = ["method", "ctx", "forward ms", "update ms", "features ms", "sac ms", "wm ms", "GFLOP", "GFLOP/s",
+            "peak MB", "status"]
     lines = [head, "  ".join(f"{c:>11}" for c in cols)]
 
     def ms(x):
         return "-" if x is None else f"{1000 * x:.1f}"
 
+    def num(x, spec):
+        return "-" if x is None else format(x, spec)
+
     for r in bench["results"]:
         mem = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:.0f}"
         vals = [r["method"], str(r["context_length"]), ms(r["forward_s"]), ms(r["update_s"]), ms(r["features_s"]),
-                ms(r["sac_s"]), ms(r.get("world_model_s")), mem, r["status"]]
+                ms(r["sac_s"]), ms(r.get("world_model_s")), num(r.get("update_gflop"), ".2f"),
+                num(r.get("update_gflops"), ".1f"), mem, r["status"]]
         lines.append("  ".join(f"{v:>11}" for v in vals))
     s, name = bench["summary"], registry.get(REFERENCE).display_name
     for other in others(bench["results"]):
@@ -478,6 +509,9 @@ def format_table(bench: dict[str, Any]) -> str:
             goals = s.get("world_model_targets", {})
             lines.append(f"world-model time (update - sac - features) {name} / {other_name(other)}: " + ", ".join(
                 f"{T}: {v:.2f}" + (f" (target <= {goals[T]:g})" if T in goals else "") for T, v in ratios.items()))
+    if s.get("matmul_gflops"):
+        lines.append(f"one 1024^3 float32 matrix product: {s['matmul_gflops']:.1f} GFLOP/s (the updates' rates in "
+                     "the GFLOP/s column: their distance from the arithmetic bound)")
     if f"{REFERENCE}_update_growth" in s:
         g = s[f"{REFERENCE}_update_growth"]
         lines.append(f"{name} update time, context {g['to']} / context {g['from']}: {g['ratio']:.2f}")

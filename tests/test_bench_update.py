@@ -38,6 +38,8 @@ def test_quick_run_writes_the_documented_json_and_fig6_reads_it(tmp_path, capsys
         assert r["features_s"] > 0 and r["sac_s"] > 0
         assert r["world_model_s"] == pytest.approx(r["update_s"] - r["sac_s"] - r["features_s"])
         assert f"{1000 * r['update_s']:.1f}" in table
+        assert r["update_gflop"] > 0 and r["update_gflops"] == pytest.approx(r["update_gflop"] / r["update_s"])
+    assert data["summary"]["matmul_gflops"] > 0 and "GFLOP/s" in table
     # the equal latent size: KalMamba and VRKN latent_dim, RSSM stochastic + deterministic
     models = cfg["models"]
     D = bench.QUICK["latent_dim"]
@@ -63,6 +65,23 @@ def test_quick_run_writes_the_documented_json_and_fig6_reads_it(tmp_path, capsys
     for line in update_ax.get_lines():
         assert list(line.get_xdata()) == bench.QUICK["context_lengths"]
     plt.close(fig)
+
+
+def test_update_flops_count_the_matrix_products_of_an_update():
+    """Against the textbook count: (N x K) @ (K x M) is 2 N K M FLOPs; a linear layer's backward is two more such
+    products (input and weight gradients)."""
+    import torch
+
+    class OneLayer:
+        def __init__(self):
+            self.layer = torch.nn.Linear(7, 5, bias=False)
+
+        def update(self, batch):
+            self.layer(batch).sum().backward()
+
+    N, K, M = 11, 7, 5
+    assert bench.update_flops(OneLayer(), torch.randn(N, K, requires_grad=True)) == 3 * 2 * N * K * M
+    assert bench.update_flops(OneLayer(), torch.randn(N, K)) == 2 * 2 * N * K * M   # no input gradient
 
 
 def test_set_overrides_one_method_s_model_config(tmp_path):

@@ -2,7 +2,7 @@
 runs it, side by side in one call.
 
     python -m benchmarks.end_to_end                          # config/validation.yaml, its first experiment
-                                                             # (noisy_state cartpole-swingup), every method, 100k env steps
+                                                             # (clean cartpole-swingup states), every method, 100k env steps
     python -m benchmarks.end_to_end --methods kalmamba sac --env-steps 20000 --parallel 2
     python -m benchmarks.end_to_end --config config/default.yaml --experiment noisy_state --workdir /tmp/e2e
     python -m benchmarks.end_to_end --repo /tmp/old-checkout --out results/bench/end_to_end_old.json   # before/after
@@ -167,7 +167,7 @@ def format_table(data: dict[str, Any]) -> str:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.end_to_end", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m benchmarks.end_to_end", description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--config", default="config/validation.yaml", help="study config (default %(default)s)")
     p.add_argument("--experiment", help="one of the study's experiments (default: its first)")
     p.add_argument("--task", help="one of the experiment's tasks (default: its first)")

@@ -15,8 +15,8 @@
 # Run directories written by an older checkout with the same sizes and loss values can be copied in (e.g.
 # `new_defaults` written as --model.reg_alpha 0.015625 (summed over D = 64 = averaged) --model.free_nats 1
 # --model.reward_loss_scale 1): a run with DONE is never rerun.
-# One run takes ~20-25 min on one core (1 torch thread); the full grid (7 KalMamba variants x 2 obs + sac x 2 obs,
-# 3 seeds) is 48 runs, ~17-20 hours on one core.
+# One KalMamba run takes ~8-15 min on one core (1 torch thread; 20-25 min before issue 12's kernels); the default
+# grid (7 KalMamba variants x 2 obs + sac x 2 obs, 3 seeds) is 48 runs, ~8-12 hours on one core.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export MUJOCO_GL=${MUJOCO_GL:-osmesa} PYOPENGL_PLATFORM=${PYOPENGL_PLATFORM:-osmesa}

@@ -3,9 +3,10 @@ runs it, side by side in one call.
 
     python -m benchmarks.end_to_end                          # config/validation.yaml, its first experiment
                                                              # (clean cartpole-swingup states), every method, 100k env steps
-    python -m benchmarks.end_to_end --methods kalmamba sac --env-steps 20000 --parallel 2
+    python -m benchmarks.end_to_end --methods kalmamba sac --env-steps 20000 --parallel 2 --out /tmp/e2e_20k.json
     python -m benchmarks.end_to_end --config config/default.yaml --experiment noisy_state --workdir /tmp/e2e
-    python -m benchmarks.end_to_end --repo /tmp/old-checkout --out results/bench/end_to_end_old.json   # before/after
+    git worktree add ../old-checkout 362eec8                 # then, the same settings on the code of that commit:
+    python -m benchmarks.end_to_end --repo ../old-checkout --out results/bench/end_to_end_before.json
 
 Each run gets the run CLI's fields that the study config gives the method (`rl.methods.study_settings`: the
 `train:`, `model.<family>:` and `sac:` sections, e.g. `torch_threads: 1` and the validation study's small models),
@@ -22,16 +23,18 @@ Per method (JSON `results`, one row each):
   load, environment, training, evaluations);
 - `cpu_s`: user + system CPU seconds of the process and its threads (os.wait4);
 - `run_wall_s`: the run's own training clock (DONE `wall_clock_s`: from the first environment step, over restarts);
-- `updates` (gradient updates: the last train.csv row), `final_return` (DONE), `status` ("ok" or "failed: ...").
+- `updates` (gradient updates: the final checkpoint's counter), `final_return` (DONE), `status` ("ok" or
+  "failed: ..."). A run with 0 updates (a budget within the random-policy episodes, `initial_episodes`) times only
+  start-up, environment and evaluation: the table says so under it.
 `summary`: `wall_s` of the reference method (KalMamba) over each other method's, and, for KalMamba, the issue-12
 goal (TARGET_S = 360 s for 100k env steps on one core: 1 torch thread, one run per core). Output: a table on stdout
-and JSON at `--out` with the machine (benchmarks/machine.py). Exit status 2 on a bad argument or config, 1 if a run
-failed.
+and JSON at `--out` with the machine (benchmarks/machine.py; its `torch_threads` is this process's, the runs' is
+`config.torch_threads_per_run`). Every run's settings are checked by the run CLI's own validation before any run
+starts. Exit status 2 on a bad argument, config or run setting, 1 if a run failed.
 """
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import shutil
@@ -45,7 +48,7 @@ from typing import Any
 import yaml
 
 from rl import methods
-from rl.config import as_flags
+from rl.config import as_flags, first_refused
 from rl.io import atomic_write_text
 from rl.run_contract import git_commit
 
@@ -76,13 +79,13 @@ def run_values(config: dict[str, Any], method: str, experiment: dict[str, Any], 
             "seed": seed, "out": str(out)}
 
 
-def last_updates(run_dir: Path) -> int | None:
-    """The `updates` column of the last train.csv row, None without one."""
+def final_updates(run_dir: Path) -> int | None:
+    """The gradient-update counter of the run's final checkpoint (written at the end of every run), None if absent."""
+    from rl.rundir import InvalidCheckpoint, RunDir
+
     try:
-        with open(run_dir / "train.csv", newline="") as f:
-            rows = list(csv.DictReader(f))
-        return int(float(rows[-1]["updates"])) if rows else None
-    except (OSError, KeyError, ValueError):
+        return int(RunDir(run_dir).load_checkpoint()["counters"]["updates"])
+    except (OSError, InvalidCheckpoint, KeyError):
         return None
 
 
@@ -99,7 +102,7 @@ def finished_row(method: str, run_dir: Path, log: Path, started: float, status: 
         return row
     info = json.loads(done.read_text())
     row.update(run_wall_s=info.get("wall_clock_s"), final_return=info.get("final_return"),
-               env_steps=info.get("env_steps"), updates=last_updates(run_dir))
+               env_steps=info.get("env_steps"), updates=final_updates(run_dir))
     return row
 
 
@@ -151,7 +154,7 @@ def format_table(data: dict[str, Any]) -> str:
     cfg, summary = data["config"], data["summary"]
     lines = [f"end_to_end: {cfg['config']} experiment {cfg['experiment']} ({cfg['obs']}, {cfg['task']}), "
              f"{cfg['env_steps']} env steps, context {cfg['context_length']}, seed {cfg['seed']}, "
-             f"{cfg['torch_threads'] or 'default'} torch thread(s) per run, {cfg['parallel']} run(s) at a time",
+             f"{cfg['torch_threads_per_run'] or 'default'} torch thread(s) per run, {cfg['parallel']} run(s) at a time",
              f"{'method':>20} {'wall s':>8} {'cpu s':>8} {'run s':>8} {'updates':>8} {'return':>7}  status"]
     fmt = lambda v, spec: "-" if v is None else format(v, spec)
     for r in data["results"]:
@@ -160,6 +163,10 @@ def format_table(data: dict[str, Any]) -> str:
                      f"  {r['status']}")
     for m, ratio in summary["wall_ratio"].items():
         lines.append(f"wall time {summary['reference']} / {m}: {ratio:.2f}x")
+    idle = [r["method"] for r in data["results"] if r["status"] == "ok" and r["updates"] == 0]
+    if idle:
+        lines.append(f"note: no gradient update in {', '.join(idle)}: the budget ends within the random-policy "
+                     "episodes, so these times are start-up, environment and evaluation only")
     if summary.get("target_met") is not None:
         lines.append(f"{summary['reference']} goal (issue 12): <= {TARGET_S:.0f} s for {TARGET_ENV_STEPS} env steps "
                      f"on one core: {'met' if summary['target_met'] else 'not met'}")
@@ -210,29 +217,47 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--env-steps must be >= 1, got {args.env_steps}")
     if args.parallel < 1:
         p.error(f"--parallel must be >= 1, got {args.parallel}")
+    out_dir = Path(args.out).resolve().parent
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        p.error(f"--out {args.out!r}: cannot create its folder ({e.strerror})")
+    if not os.access(out_dir, os.W_OK):
+        p.error(f"--out {args.out!r}: its folder {str(out_dir)!r} is not writable")
     args.study, args.grid = config, grid
     return args
 
 
+def error(message: str) -> int:
+    print(f"python -m benchmarks.end_to_end: error: {message}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    workdir = (Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="kalbench-e2e-"))).resolve()
+    workdir = Path(args.workdir or tempfile.gettempdir()).resolve()
     cases = []
     for m in args.methods:
         run_dir = workdir / m
-        if run_dir.exists():
-            print(f"benchmarks.end_to_end: error: run directory {run_dir} exists (every run must be fresh)",
-                  file=sys.stderr)
-            return 2
+        if args.workdir and run_dir.exists():
+            return error(f"run directory {run_dir} exists (every run must be fresh)")
         values = run_values(args.study, m, args.grid, args.task, args.context_length, args.seed, args.env_steps,
                             run_dir)
-        cases.append((m, as_flags(values), run_dir))
+        cases.append((m, values, run_dir))
+    refused = first_refused([values for _, values, _ in cases])   # the run CLI's own checks, before any run
+    if refused is not None:
+        i, why = refused
+        return error(f"the {cases[i][0]} run cannot start: {why}")
+    if not args.workdir:   # a fresh temporary folder, made only now that every run may start
+        workdir = Path(tempfile.mkdtemp(prefix="kalbench-e2e-")).resolve()
+        cases = [(m, {**values, "out": str(workdir / m)}, workdir / m) for m, values, _ in cases]
     workdir.mkdir(parents=True, exist_ok=True)
+    cases = [(m, as_flags(values), run_dir) for m, values, run_dir in cases]
     train = args.study["train"]
     env_steps = args.env_steps if args.env_steps is not None else train["env_steps"]
     config = {"config": args.config, "experiment": args.experiment, "obs": args.grid["obs"], "task": args.task,
               "context_length": args.context_length, "seed": args.seed, "env_steps": env_steps,
-              "torch_threads": train.get("torch_threads"), "parallel": args.parallel, "methods": args.methods,
+              "torch_threads_per_run": train.get("torch_threads"), "parallel": args.parallel, "methods": args.methods,
               "repo": str(Path(args.repo).resolve()), "commit": git_commit(Path(args.repo).resolve()),
               "commands": {m: ["python", "-m", "rl.train", *argv] for m, argv, _ in cases}}
     rows = run_all(cases, args.parallel, workdir, Path(args.repo).resolve())
@@ -243,8 +268,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"kept {workdir} (a run failed: its log is there)")
     from benchmarks.machine import describe
 
-    data = {"machine": describe(), "config": config, "summary": summarise(rows, env_steps, config["torch_threads"]),
-            "results": rows}
+    summary = summarise(rows, env_steps, config["torch_threads_per_run"])
+    data = {"machine": describe(), "config": config, "summary": summary, "results": rows}
     print(format_table(data))
     atomic_write_text(args.out, json.dumps(data, indent=1) + "\n")
     print(f"wrote {args.out}")

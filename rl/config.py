@@ -243,8 +243,11 @@ def cli_template(method: str) -> RunConfig:
 
 
 def one_line(box: str) -> str:
-    """tyro's error box -> its message on one line (the box's first section, without 'Error parsing')."""
-    rows = [row.strip("│╭╮╰╯ ") for row in box.strip().splitlines()]
+    """tyro's error box -> its message on one line (the box's first section, without 'Error parsing'). Lines before
+    the box (e.g. a warning printed while the command line was parsed) are skipped."""
+    lines = box.strip().splitlines()
+    top = next((i for i, line in enumerate(lines) if line.lstrip().startswith("╭")), 0)
+    rows = [row.strip("│╭╮╰╯ ") for row in lines[top:]]
     message = []
     for row in rows[1:]:
         if not row.strip("─ "):

@@ -58,6 +58,22 @@ def test_unknown_fields_and_bad_values_exit_2_with_one_line_naming_them(extra, m
     assert message in err, err
 
 
+def test_a_warning_printed_before_tyro_s_error_box_does_not_hide_the_message():
+    """dm_control may warn on stderr (no GLFW display) while a command line is parsed; the captured text then starts
+    with the warning, and the one-line error must still be the box's message."""
+    from rl.config import one_line
+
+    box = ("/x/glfw/__init__.py:917: GLFWError: (65544) X11: The DISPLAY environment variable is missing\n"
+           "  warnings.warn(message, GLFWError)\n"
+           "╭─ Value error ──────────────────────────╮\n"
+           "│ Error parsing RunConfig: context_length: 1 must be >= 2 │\n"
+           "│ ─────────────────────────────────────── │\n"
+           "│ For full helptext, run train.py --help │\n"
+           "╰────────────────────────────────────────╯\n")
+    assert one_line(box) == "context_length: 1 must be >= 2"
+    assert one_line(box.split("\n", 2)[2]) == "context_length: 1 must be >= 2"   # without the warning: the same
+
+
 def test_help_lists_the_fields_of_the_methods_configs(capsys):
     with pytest.raises(SystemExit) as e:
         parse_args(["--method", "rssm", "--help"])

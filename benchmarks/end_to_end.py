@@ -89,12 +89,11 @@ def final_updates(run_dir: Path) -> int | None:
         return None
 
 
-def finished_row(method: str, run_dir: Path, log: Path, started: float, status: int, usage) -> dict[str, Any]:
-    """One result row from a run's exit status, rusage and run directory."""
+def finished_row(method: str, run_dir: Path, log: Path, started: float, code: int, usage) -> dict[str, Any]:
+    """One result row from a run's exit code, rusage and run directory."""
     row: dict[str, Any] = {"method": method, "wall_s": time.perf_counter() - started,
                            "cpu_s": usage.ru_utime + usage.ru_stime, "run_wall_s": None, "updates": None,
                            "final_return": None, "env_steps": None, "status": "ok"}
-    code = os.waitstatus_to_exitcode(status)
     done = run_dir / "DONE"
     if code != 0 or not done.exists():
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.exists() else []
@@ -134,7 +133,7 @@ def _run_loop(pending: list, running: dict, rows: dict, parallel: int, workdir: 
             continue
         proc, method, run_dir, log, started = running.pop(pid)
         proc.returncode = os.waitstatus_to_exitcode(status)   # reaped here, not by Popen
-        rows[method] = finished_row(method, run_dir, log, started, status, usage)
+        rows[method] = finished_row(method, run_dir, log, started, proc.returncode, usage)
         print(f"{time.strftime('%H:%M:%S')} end {method}: {rows[method]['status']}, {rows[method]['wall_s']:.0f} s",
               flush=True)
 

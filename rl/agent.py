@@ -3,9 +3,11 @@
 One training update on a batch of B sequences of length T (docs/architecture.md):
 1. world-model step: `loss(obs, prev_actions, rewards)` in train() mode (MC dropout on), Adam with the
    model config's `lr` (and `adam_eps`, default 1e-8), global grad-norm clip `grad_clip`;
-2. features: `features(obs, prev_actions)` in eval() mode (MC dropout off), recomputed with the updated
-   model under no_grad, i.e. detached, unless `critic_grad` (plain SAC on pixels: the encoder is trained by
-   the critic loss, and its parameters sit in SAC's critic optimiser instead of a model optimiser);
+2. features: `features(obs, prev_actions)` recomputed with the updated model under no_grad, i.e. detached,
+   unless `critic_grad` (plain SAC on pixels: the encoder is trained by the critic loss, and its parameters sit
+   in SAC's critic optimiser instead of a model optimiser); with `sac_features="map"` (the default) in eval()
+   mode, MC dropout off, the belief the agent acts on; with "mc" in train() mode, one MC-dropout sample, as the
+   authors' CoRAL code computes SAC's training states (fidelity review, lead D6; README "KalMamba learns");
 3. one SAC update on all B(T-1) transitions: s = feat[:, :-1], a = prev_actions[:, 1:], r = rewards[:, 1:],
    s' = feat[:, 1:].
 A non-finite loss term or model gradient norm raises NonFiniteLossError naming it, before the model's
@@ -35,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from models.diagnostics import feature_scale, gradient_norms
+from rl.config import SAC_FEATURES
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -53,9 +56,12 @@ OBS_STD_FLOOR = 1e-2   # a (nearly) constant state entry is centred, not blown u
 
 class Agent:
     def __init__(self, world_model: nn.Module, sac: nn.Module, device: torch.device | str,
-                 normalize_obs: bool = False):
+                 normalize_obs: bool = False, sac_features: str = "map"):
+        if sac_features not in SAC_FEATURES:
+            raise ValueError(f"sac_features: {sac_features!r} is not one of {', '.join(SAC_FEATURES)}")
         self.device = torch.device(device)
         self.normalize_obs = normalize_obs
+        self.sac_features = sac_features
         self.obs_mean: Tensor | None = None   # (O,) set by fit_obs_normalizer
         self.obs_std: Tensor | None = None
         self.last_features: Tensor | None = None   # (F,) features of the latest `act` call
@@ -107,7 +113,7 @@ class Agent:
             check_finite(logs, "world-model")
             self.model_opt.step()
 
-        wm.eval()
+        wm.train(self.sac_features == "mc")
         with torch.set_grad_enabled(wm.critic_grad):
             feat = wm.features(obs, prev_actions)
         F, A = feat.shape[-1], prev_actions.shape[-1]
@@ -122,7 +128,7 @@ class Agent:
         - `diag_grad_<part>`: global L2 norm of the gradient of each weighted loss summand `loss_<part>` the model's
           loss returns (e.g. recon, reward, kl, reg), and `diag_grad_total` of the whole loss (pre-clip);
         - the model's `diagnostics(obs, prev_actions, rewards)` scalars (e.g. kl_active, gain_mean, obs_var_median);
-        - `diag_feat_abs_mean`, `diag_feat_std`: the features SAC is trained on (eval mode).
+        - `diag_feat_abs_mean`, `diag_feat_std`: the features SAC is trained on (eval or train mode: `sac_features`).
         The loss and model diagnostics are taken in train() mode (MC dropout on, as in the update). Parameters,
         `.grad`, optimiser states and the torch RNG are left unchanged (the RNG is forked)."""
         obs, prev_actions, rewards = self._to_device(batch)
@@ -136,7 +142,7 @@ class Agent:
                 out.update({f"grad_{k}": v for k, v in norms.items()})
                 if hasattr(wm, "diagnostics"):
                     out.update(wm.diagnostics(obs, prev_actions, rewards))
-            wm.eval()
+            wm.train(self.sac_features == "mc")
             with torch.no_grad():
                 out.update(feature_scale(wm.features(obs, prev_actions)))
         values = torch.stack([v.detach().float().reshape(()) for v in out.values()]).tolist()

@@ -79,6 +79,7 @@ class RunConfig:
     episode_length: int = 1000        # simulator steps per episode
     log_every: int = 5_000            # env steps between rows of train.csv
     keep_replay: bool = False         # keep the replay episodes on disk once the run is DONE
+    sac_features: str = "map"         # SAC's training features (rl/agent.py): map | mc (one MC-dropout sample)
     model: Any = None                 # the method's model config; None: its defaults with the ablation switch
     sac: Any = None                   # SACConfig; None: its defaults with the method's own (rl.methods.sac_defaults)
 
@@ -103,6 +104,8 @@ class RunConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v >= 0):
                 raise ValueError(f"{name}: {v} must be a finite number >= 0")
+        if self.sac_features not in SAC_FEATURES:
+            raise ValueError(f"sac_features: {self.sac_features!r} is not one of {', '.join(SAC_FEATURES)}")
         if not self.wall_clock_hours > 0:
             raise ValueError(f"wall_clock_hours: {self.wall_clock_hours} must be > 0")
         if not (self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
@@ -140,6 +143,8 @@ class RunConfig:
         d["action_repeat"] = self.resolved_action_repeat()
         return d
 
+
+SAC_FEATURES = ("map", "mc")   # rl/agent.py: Agent(sac_features=...)
 
 MINIMUM = {"context_length": 2, "env_steps": 1, "eval_every": 1, "eval_episodes": 1, "checkpoint_every": 1,
            "batch_size": 1, "initial_episodes": 1, "episode_length": 1, "log_every": 1, "seed": 0,

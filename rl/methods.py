@@ -213,7 +213,7 @@ def make_model_config(method: str, overrides: dict[str, Any] | None = None) -> A
 
 
 def build_agent(method: str, obs_shape: tuple[int, ...], action_dim: int, model_cfg: Any, sac_cfg: Any,
-                device: Any):
+                device: Any, sac_features: str = "map"):
     """World model + SAC on its features, inside the shared Agent. World models on state vectors see normalised
     observations (CoRAL) unless the method says otherwise (plain SAC). A model that lacks a member of the
     WorldModel protocol is a TypeError naming the members."""
@@ -229,7 +229,7 @@ def build_agent(method: str, obs_shape: tuple[int, ...], action_dim: int, model_
     extra = list(world_model.parameters()) if world_model.critic_grad else []
     sac = SAC(world_model.feature_dim, action_dim, sac_cfg, extra_critic_params=extra)
     normalize_obs = len(obs_shape) == 1 and _trained(method).normalize_obs
-    return Agent(world_model, sac, device, normalize_obs=normalize_obs)
+    return Agent(world_model, sac, device, normalize_obs=normalize_obs, sac_features=sac_features)
 
 
 # ---------------------------------------------------------------------------------------------------------

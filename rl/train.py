@@ -139,7 +139,7 @@ class Trainer:
         self.env = make_env(seed=cfg.seed, **env_kw)
         self.eval_env = make_env(seed=cfg.seed + 1, **env_kw)
         self.agent = methods.build_agent(cfg.method, self.env.observation_shape, self.env.action_dim,
-                                         cfg.model, cfg.sac, self.device)
+                                         cfg.model, cfg.sac, self.device, cfg.sac_features)
         self.replay = EpisodeReplay()
         self.replay_rng = np.random.default_rng([cfg.seed, 2])   # batch sampling
         self.explore_rng = np.random.default_rng([cfg.seed, 3])  # random actions of the initial episodes

@@ -3,7 +3,9 @@
 # leads one at a time against the old defaults, all of them together (the new defaults), KalMamba without the
 # regulariser and plain SAC, on clean and noisy cartpole-swingup states at the issue's sizes, one run at a time.
 # Also VRKN with its state-task reward weight (1, `vrkn`) and with the image setting's x10 (`vrkn_reward_x10`): what
-# the observation-type reward rule did to VRKN. Not in the default --variants; name them.
+# the observation-type reward rule did to VRKN. And lead D6 (`mc_features`, `vrkn_mc_features`): SAC's training
+# features computed with MC dropout on (`--sac-features mc`, as the authors' CoRAL code does). Not in the default
+# --variants; name them.
 # Every variant sets its loss values by flags, so it does not change when a default does.
 #
 #   bash scripts/kalmamba-leads.sh [--root DIR] [--seeds "0 1 2"] [--obs "state noisy_state"]
@@ -35,7 +37,7 @@ while (( $# )); do
     --variants) variants=$2; shift 2 ;;
     --env-steps) env_steps=$2; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n 2,19p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
     *) echo "kalmamba-leads.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -63,8 +65,12 @@ variant_args() {  # variant -> the rl.train arguments after COMMON
     sac)          echo --method sac ;;
     vrkn)         echo --method vrkn "${VRKN[@]}" --model.reward_loss_scale 1 ;;   # VRKN's state-task default
     vrkn_reward_x10) echo --method vrkn "${VRKN[@]}" --model.reward_loss_scale 10 ;;  # VRKN's image-setting weight
+    # lead D6: SAC trained on one MC-dropout sample of the features (CoRAL's training states), acting at MAP
+    mc_features)  echo --method kalmamba "${KALMAMBA[@]}" --model.reg_reduction mean --model.reg_alpha 1 \
+                       --model.reg_detach_belief false --model.free_nats 1 --model.reward_loss_scale 1 --sac-features mc ;;
+    vrkn_mc_features) echo --method vrkn "${VRKN[@]}" --model.reward_loss_scale 1 --sac-features mc ;;
     *) echo "kalmamba-leads.sh: unknown variant '$1'; valid: old_defaults reg_mean reg_detach free_nats_1" \
-            "reward_x1 no_reg new_defaults sac vrkn vrkn_reward_x10" >&2; return 2 ;;
+            "reward_x1 no_reg new_defaults sac vrkn vrkn_reward_x10 mc_features vrkn_mc_features" >&2; return 2 ;;
   esac
 }
 

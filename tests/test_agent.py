@@ -105,6 +105,46 @@ def test_update_steps_the_model_then_feeds_sac_detached_eval_features_with_coral
     assert logs["model_loss"] != pytest.approx(eval_loss, rel=1e-6)
 
 
+def test_mc_sac_features_are_one_dropout_sample_of_the_updated_model():
+    """--sac-features mc (CoRAL's SAC states, review lead D6): the same features as the updated model's train-mode
+    pass under the RNG state the agent used for it; the model loss and its step are those of the default mode."""
+    b = batch()
+    agents = {mode: make_agent(sac_cls=RecordingSAC) for mode in ("map", "mc")}
+    agents["mc"].world_model.load_state_dict(agents["map"].world_model.state_dict())
+    agents["mc"].sac.load_state_dict(agents["map"].sac.state_dict())
+    agents["mc"].sac_features = "mc"
+    torch.manual_seed(1)
+    logs_map = agents["map"].update(b)
+    torch.manual_seed(1)
+    wm = agents["mc"].world_model
+    originals = wm.features
+    captured = {}
+
+    def features(obs, prev_actions):   # the agent's call, with the RNG state it ran under
+        captured["rng"], captured["training"] = torch.get_rng_state(), wm.training
+        return originals(obs, prev_actions)
+
+    wm.features = features
+    logs_mc = agents["mc"].update(b)
+    assert logs_mc["model_loss"] == logs_map["model_loss"]            # same loss, same model step
+    torch.testing.assert_close(wm.enc.weight, agents["map"].world_model.enc.weight, rtol=0, atol=0)
+    assert captured["training"] is True
+    torch.set_rng_state(captured["rng"])
+    wm.train()
+    with torch.no_grad():   # reference: one dropout mask (p = 0.5) on the updated model's encoder output
+        feat = originals(b["obs"], b["prev_actions"])
+    seen = agents["mc"].sac.seen["s"]
+    torch.testing.assert_close(seen, feat[:, :-1].reshape(-1, FEAT), rtol=0, atol=0)
+    assert (seen == 0).float().mean() > 0.2                            # entries dropped, unlike the map features
+    assert (agents["map"].sac.seen["s"] == 0).float().mean() < 0.05
+
+
+def test_sac_features_mode_is_checked():
+    model = LinearModel((OBS,), ACT, LinearConfig())
+    with pytest.raises(ValueError, match="sac_features: 'sample'"):
+        Agent(model, SAC(FEAT, ACT, SMALL_SAC), "cpu", sac_features="sample")
+
+
 def test_model_gradients_are_clipped_to_the_configured_norm():
     model = LinearModel((OBS,), ACT, LinearConfig(lr=1.0, grad_clip=1e-3, dropout=0.0))
     agent = make_agent(model)

@@ -49,6 +49,7 @@ def test_flags_are_typed_from_the_annotations():
     (["--model.dropout", "high"], "--model.dropout: could not convert string to float: 'high'"),
     (["--model.use_mamba", "yes"], "invalid choice 'yes' for argument '--model.use-mamba'"),
     (["--model.reg_reduction", "max"], "reg_reduction: must be one of ('sum', 'mean'), got 'max'"),
+    (["--sac-features", "sample"], "sac_features: 'sample' is not one of map, mc"),
 ])
 def test_unknown_fields_and_bad_values_exit_2_with_one_line_naming_them(extra, message, capsys):
     with pytest.raises(SystemExit) as e:

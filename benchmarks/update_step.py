@@ -8,6 +8,7 @@ plugin's method) at equal batch size and latent size; and the peak memory of an 
     python -m benchmarks.update_step --quick --out /tmp/bench.json      # tiny sizes: a smoke test
     python -m benchmarks.update_step --plugin examples/own_method.py   # also your own method (default --methods:
                                                                        # rl.methods.benchmarked(), plugins included)
+    python -m benchmarks.update_step --config config/validation.yaml --no-memory   # a study's runs, their sizes
 
 What is timed (medians over `--repeats` repetitions, all cases interleaved in one process, in a fresh random
 order each repetition, after `--warmup` untimed calls per case):
@@ -18,7 +19,8 @@ order each repetition, after `--warmup` untimed calls per case):
 - diagnostics for the breakdown (`--no-breakdown` skips them): `features_s` (`model.features` in eval mode under
   no_grad) and `sac_s` (`Agent.sac.update` on those features); the model's backward + optimiser step is about
   update_s − forward_s − features_s − sac_s (plus the cost of building the graph); `world_model_s` =
-  update_s − sac_s − features_s (medians), the world-model step alone (SAC is the same for every method);
+  update_s − sac_s − features_s (medians), the world-model step alone (SAC is the same for every method; null
+  for a method without a world-model step, plain SAC);
 - `update_gflop`: the matrix-product FLOPs (matmul, linear, convolution, forward and backward) of one
   `Agent.update`, counted by `torch.utils.flop_counter.FlopCounterMode` on one extra, untimed update;
   `update_gflops` = update_gflop / update_s, the rate the update achieves, next to `summary.matmul_gflops`, the
@@ -37,6 +39,10 @@ Models: each method's default config (`rl.methods.make_model_config`) with the l
 model that has one), or stochastic + deterministic state `stoch_dim` + `deter_dim` = 30 + 200 (RSSM; the VRKN
 repo's, docs/paper-notes.md#baselines), scaled proportionally for other sizes; a config with neither keeps its own sizes. Then any
 `--set METHOD.FIELD=VALUE` (e.g. `--set kalmamba.d_state=8`). SAC: `SACConfig()`.
+With `--config STUDY.yaml` instead: each method's model and SAC configs (and `--sac-features`) as `python -m rl.train`
+makes them for that study's runs (rl.methods.study_settings, then the run CLI), `--set` over the study's model values;
+the study's experiment (`--experiment`, default its first) also gives the defaults of `--methods` (those rl.train
+trains), `--context-lengths`, `--batch-size`, `--threads` and the input shapes (its first task).
 Inputs are random batches shaped like the environment's: `noisy_state` or `state` (B, T, --obs-dim) float32
 (walker: 24; the two differ only inside the environment, so they time the same) or `pixels` (B, T, 3, 64, 64) uint8, actions in [-1, 1] (--action-dim, walker: 6), rewards in [0, 1].
 
@@ -127,15 +133,37 @@ def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]
     return out
 
 
-def build_agent(method: str, obs_shape: tuple[int, ...], action_dim: int, latent_dim: int, quick: bool,
-                device: str, extra: dict[str, Any] | None = None):
-    """(agent, model config, SAC config) through rl.methods, as rl.train builds them."""
+def configs(method: str, latent_dim: int, quick: bool, extra: dict[str, Any] | None = None,
+            study: dict[str, Any] | None = None) -> tuple[Any, Any, str]:
+    """(model config, SAC config, sac_features) of `method`. With `study` (`--config`: {"path", "experiment"}): the
+    run's own, as `python -m rl.train` makes them from the study's settings of the method (rl.methods.study_settings,
+    then the run CLI), with `extra` (--set) over the study's model values. Otherwise the method's defaults with the
+    benchmark's latent size (model_overrides) and SACConfig() (or the --quick sizes)."""
     from models.sac import SACConfig
-    from rl.methods import build_agent as build, make_model_config
+    from rl.config import config_from_dict
+    from rl.methods import make_model_config
 
-    model_cfg = make_model_config(method, model_overrides(method, latent_dim, quick, extra))
-    sac_cfg = SACConfig(**(QUICK_SAC if quick else {}))
-    return build(method, obs_shape, action_dim, model_cfg, sac_cfg, device), model_cfg, sac_cfg
+    if study is None:
+        model_cfg = make_model_config(method, model_overrides(method, latent_dim, quick, extra))
+        return model_cfg, SACConfig(**(QUICK_SAC if quick else {})), "map"
+    from benchmarks.end_to_end import study_config
+
+    config = study_config(study["path"])
+    grid = config["experiments"][study["experiment"]]
+    values = registry.study_settings(config, method)
+    values["model"] = {**values["model"], **(extra or {})}
+    cfg = config_from_dict({**values, "method": method, "task": grid["tasks"][0], "obs": grid["obs"],
+                            "context_length": min(grid["context_lengths"]), "out": "unused"})
+    return cfg.model, cfg.sac, cfg.sac_features
+
+
+def build_agent(method: str, obs_shape: tuple[int, ...], action_dim: int, latent_dim: int, quick: bool,
+                device: str, extra: dict[str, Any] | None = None, study: dict[str, Any] | None = None):
+    """(agent, model config, SAC config) through rl.methods, as rl.train builds them (configs() says which)."""
+    from rl.methods import build_agent as build
+
+    model_cfg, sac_cfg, sac_features = configs(method, latent_dim, quick, extra, study)
+    return build(method, obs_shape, action_dim, model_cfg, sac_cfg, device, sac_features), model_cfg, sac_cfg
 
 
 def obs_shape_of(obs: str, obs_dim: int) -> tuple[int, ...]:
@@ -229,7 +257,7 @@ def memory_case(spec: dict[str, Any]) -> dict[str, Any]:
         registry.load_plugins(spec.get("plugins", []))
         obs_shape = tuple(spec["obs_shape"])
         agent, _, _ = build_agent(spec["method"], obs_shape, spec["action_dim"], spec["latent_dim"], spec["quick"],
-                                  "cpu", spec.get("set"))
+                                  "cpu", spec.get("set"), spec.get("study"))
         small = make_batch(obs_shape, spec["action_dim"], spec["batch_size"], 2, "cpu", spec["seed"])
         batch = make_batch(obs_shape, spec["action_dim"], spec["batch_size"], spec["context_length"], "cpu",
                            spec["seed"] + 1)
@@ -294,14 +322,62 @@ def available_memory_bytes() -> int | None:
 # the benchmark
 # ---------------------------------------------------------------------------------------------------------------
 
+def apply_study(args: argparse.Namespace) -> None:
+    """--config FILE [--experiment NAME]: the study's experiment gives what was not set on the command line: the
+    methods (those rl.train trains), the context lengths, the batch size and torch threads of its `train:` section,
+    and the input shapes of its first task and observation type; each method's model and SAC configs come from
+    `configs()` (the run's own). ValueError naming the bad value."""
+    from benchmarks.end_to_end import study_config
+    from rl import envs
+    from rl.config import RunConfig
+
+    if args.quick:
+        raise ValueError("--quick: not with --config (the study sets the sizes)")
+    if args.latent_dim is not None:
+        raise ValueError("--latent-dim: not with --config (the study sets the sizes; --set METHOD.FIELD=VALUE "
+                         "changes one)")
+    config = study_config(args.config)
+    experiments = config["experiments"]
+    name = args.experiment or next(iter(experiments))
+    if name not in experiments:
+        raise ValueError(f"--experiment {name!r}: not in {args.config} (has {', '.join(experiments)})")
+    grid, train = experiments[name], config["train"]
+    args.plugin = [*args.plugin, *(config.get("plugins") or [])]
+    registry.load_plugins(config.get("plugins") or [])
+    args.methods = args.methods or [m for m in grid["methods"] if m in registry.trained()]
+    args.context_lengths = args.context_lengths or list(grid["context_lengths"])
+    default = {f.name: f.default for f in dataclasses.fields(RunConfig)}
+    args.batch_size = args.batch_size or train.get("batch_size", default["batch_size"])
+    if args.threads is None:
+        args.threads = train.get("torch_threads", default["torch_threads"]) or None   # 0: torch's default
+    args.obs = args.obs or grid["obs"]
+    env = envs.make_env(grid["tasks"][0], args.obs, seed=0)
+    args.obs_dim = args.obs_dim or env.observation_shape[0]
+    args.action_dim = args.action_dim or env.action_dim
+    args.latent_dim = None
+    args.study = {"path": str(Path(args.config).resolve()), "experiment": name, "task": grid["tasks"][0]}
+
+
 def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill unset sizes from --quick or the defaults, and check every value."""
+    """Fill unset sizes from --config, --quick or the defaults, and check every value."""
+    if args.experiment is not None and args.config is None:
+        raise ValueError("--experiment: needs --config")
+    args.study = None
+    if args.config is not None:
+        apply_study(args)
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads: must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    args.obs = args.obs or "noisy_state"
+    args.obs_dim = args.obs_dim or 24
+    args.action_dim = args.action_dim or 6
     base = QUICK if args.quick else DEFAULTS
     for key, value in base.items():
-        if getattr(args, key) is None:
+        if getattr(args, key) is None and not (key == "latent_dim" and args.study):
             setattr(args, key, value)
     for name in ("batch_size", "repeats", "latent_dim", "obs_dim", "action_dim"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')}: must be >= 1, got {getattr(args, name)}")
     if args.warmup < 0:
         raise ValueError(f"--warmup: must be >= 0, got {args.warmup}")
@@ -324,13 +400,12 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.mem_limit_gb is not None and args.mem_limit_gb <= 0:
         raise ValueError(f"--mem-limit-gb: must be > 0, got {args.mem_limit_gb}")
     args.set = parse_sets(args.set, list(args.methods))
-    from rl.methods import make_model_config
-
     for m in args.methods:   # fail early on an unknown field or bad value
         try:
-            make_model_config(m, model_overrides(m, args.latent_dim, args.quick, args.set.get(m)))
+            configs(m, args.latent_dim, args.quick, args.set.get(m), args.study)
         except (TypeError, ValueError) as err:
-            raise ValueError(f"--set/--latent-dim for {m}: {err}") from None
+            raise ValueError(f"--set/--latent-dim for {m}: {err}" if args.study is None
+                             else f"--config {args.config}, method {m}: {err}") from None
     return args
 
 
@@ -364,7 +439,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     continue
                 spec = {"method": m, "context_length": T, "batch_size": B, "obs_shape": list(obs_shape),
                         "action_dim": args.action_dim, "latent_dim": args.latent_dim, "quick": args.quick,
-                        "seed": args.seed, "mem_limit_bytes": limit, "set": args.set.get(m),
+                        "seed": args.seed, "mem_limit_bytes": limit, "set": args.set.get(m), "study": args.study,
                         "plugins": [str(Path(p).resolve()) for p in args.plugin]}   # the child runs in REPO_ROOT
                 out = memory_cpu_subprocess(spec)
                 if "error" in out:
@@ -379,7 +454,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     agents, configs = {}, {}
     for m in methods:
         agents[m], model_cfg, sac_cfg = build_agent(m, obs_shape, args.action_dim, args.latent_dim, args.quick,
-                                                    device, args.set.get(m))
+                                                    device, args.set.get(m), args.study)
         configs[m] = {"model": dataclasses.asdict(model_cfg), "sac": dataclasses.asdict(sac_cfg),
                       "model_params": sum(p.numel() for p in agents[m].world_model.parameters()),
                       "sac_params": sum(p.numel() for p in agents[m].sac.parameters())}
@@ -431,13 +506,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.breakdown:
             r["features_s"] = statistics.median(extra[k]["features_s"])
             r["sac_s"] = statistics.median(extra[k]["sac_s"])
-            r["world_model_s"] = r["update_s"] - r["sac_s"] - r["features_s"]
+            if agents[k[0]].model_opt is not None:   # plain SAC has no world-model step
+                r["world_model_s"] = r["update_s"] - r["sac_s"] - r["features_s"]
         r["update_gflops"] = r["update_gflop"] / r["update_s"] if r["update_s"] > 0 else None
 
     config = {"methods": methods, "plugins": args.plugin, "context_lengths": ctxs, "batch_size": B,
               "repeats": args.repeats, "warmup": args.warmup, "latent_dim": args.latent_dim, "obs": args.obs,
               "obs_shape": list(obs_shape), "action_dim": args.action_dim, "device": device, "seed": args.seed,
               "quick": args.quick, "breakdown": args.breakdown, "memory": args.memory, "set": args.set,
+              "study": args.study,
               "torch_threads": torch.get_num_threads(),
               "forward": "model.loss in train() mode under no_grad",
               "update": "rl.agent.Agent.update (model step + features + SAC step)",
@@ -479,8 +556,11 @@ def others(rows: list[dict[str, Any]]) -> list[str]:
 
 def format_table(bench: dict[str, Any]) -> str:
     cfg = bench["config"]
-    head = (f"update_step: device {cfg['device']}, obs {cfg['obs']}, batch {cfg['batch_size']}, latent "
-            f"{cfg['latent_dim']}, {cfg['repeats']} repetitions (medians), torch threads {cfg['torch_threads']}")
+    study = cfg.get("study")
+    sizes = (f"sizes of {Path(study['path']).name} experiment {study['experiment']} ({study['task']})" if study
+             else f"latent {cfg['latent_dim']}")
+    head = (f"update_step: device {cfg['device']}, obs {cfg['obs']}, batch {cfg['batch_size']}, {sizes}, "
+            f"{cfg['repeats']} repetitions (medians), torch threads {cfg['torch_threads']}")
     cols = ["method", "ctx", "forward ms", "update ms", "features ms", "sac ms", "wm ms", "GFLOP", "GFLOP/s",
             "peak MB", "status"]
     lines = [head, "  ".join(f"{c:>11}" for c in cols)]
@@ -540,9 +620,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help=f"latent size of every model (default {DEFAULTS['latent_dim']})")
     p.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="override a model-config field of one method, e.g. kalmamba.d_state=8 (repeatable)")
-    p.add_argument("--obs", choices=OBS_TYPES, default="noisy_state", help="input type")
-    p.add_argument("--obs-dim", type=int, default=24, help="state size for noisy_state (walker: 24)")
-    p.add_argument("--action-dim", type=int, default=6, help="action size (walker: 6)")
+    p.add_argument("--config", default=None, metavar="STUDY.yaml",
+                   help="time the runs of a study config (config/*.yaml): its methods, context lengths, batch size, "
+                        "torch threads, model and SAC sizes, input shapes (flags given win; --set still applies)")
+    p.add_argument("--experiment", default=None, help="with --config: one of its experiments (default: its first)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads (default: the study's train.torch_threads with --config, else torch's)")
+    p.add_argument("--obs", choices=OBS_TYPES, default=None, help="input type (default noisy_state)")
+    p.add_argument("--obs-dim", type=int, default=None, help="state size for noisy_state (default 24: walker)")
+    p.add_argument("--action-dim", type=int, default=None, help="action size (default 6: walker)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false",

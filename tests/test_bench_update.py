@@ -3,6 +3,7 @@ analysis/figures.py turns into Fig. 6; out-of-memory cases are skipped with ever
 peak-memory subprocess sees the memory an update allocates; bad arguments are errors naming them."""
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -93,6 +94,68 @@ def test_set_overrides_one_method_s_model_config(tmp_path):
     assert data["config"]["set"] == {"kalmamba": {"d_state": 3}, "vrkn": {"dropout": 0.0}}
 
 
+TINY_STUDY = """
+experiments:
+  clean: {obs: state, tasks: [cartpole-swingup], methods: [kalmamba, sac], context_lengths: [3, 4]}
+  noisy: {obs: noisy_state, tasks: [reacher-easy], methods: [vrkn], context_lengths: [5]}
+train: {batch_size: 2, torch_threads: 1, env_steps: 1000}
+model:
+  kalmamba: {latent_dim: 6, d_model: 8, hidden_dim: 8, mlp_hidden_dim: 8, reward_hidden_dim: 8}
+  vrkn: {latent_dim: 5, hidden_dim: 8, mlp_hidden_dim: 8, reward_hidden_dim: 8}
+sac: {hidden_dim: 16, n_layers: 1}
+"""
+
+
+def test_config_times_a_study_s_runs_with_the_configs_rl_train_makes(tmp_path):
+    """--config: methods, contexts, batch, threads and input shapes from the study's (first) experiment; each
+    method's model and SAC configs equal to those of the run CLI for that study (independently rebuilt here), --set
+    on top; plain SAC has no world-model time."""
+    import dataclasses
+
+    import torch
+    import yaml
+
+    from rl.config import config_from_dict
+
+    study = tmp_path / "tiny.yaml"
+    study.write_text(TINY_STUDY)
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        assert bench.main(["--config", str(study), "--silent", "--no-memory", "--repeats", "1", "--warmup", "0",
+                           "--device", "cpu", "--set", "kalmamba.d_state=3", "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    data = json.loads(out.read_text())
+    cfg = data["config"]
+    assert cfg["methods"] == ["kalmamba", "sac"] and cfg["context_lengths"] == [3, 4] and cfg["batch_size"] == 2
+    assert cfg["torch_threads"] == 1 and cfg["obs"] == "state"
+    assert cfg["obs_shape"] == [5] and cfg["action_dim"] == 1              # cartpole: 5-d state, 1 action
+    assert cfg["study"]["experiment"] == "clean" and cfg["latent_dim"] is None
+    values = yaml.safe_load(TINY_STUDY)
+    for m, model in (("kalmamba", {**values["model"]["kalmamba"], "d_state": 3}), ("sac", {})):
+        run = config_from_dict({**values["train"], "model": model, "sac": values["sac"], "method": m,
+                                "task": "cartpole-swingup", "obs": "state", "context_length": 3, "out": "x"})
+        assert cfg["models"][m]["model"] == dataclasses.asdict(run.model)
+        assert cfg["models"][m]["sac"] == dataclasses.asdict(run.sac)
+    rows = {(r["method"], r["context_length"]): r for r in data["results"]}
+    assert rows[("kalmamba", 4)]["world_model_s"] is not None and rows[("sac", 4)]["world_model_s"] is None
+    assert all(r["status"] == "ok" and r["update_s"] > 0 for r in rows.values())
+
+
+def test_config_memory_subprocess_builds_the_study_s_agent(tmp_path):
+    study = tmp_path / "tiny.yaml"
+    study.write_text(TINY_STUDY)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--config", str(study), "--experiment", "noisy", "--silent", "--repeats", "1",
+                       "--warmup", "0", "--device", "cpu", "--no-breakdown", "--out", str(out)]) == 0
+    data = json.loads(out.read_text())
+    (row,) = data["results"]
+    assert (row["method"], row["context_length"], row["status"]) == ("vrkn", 5, "ok")
+    assert row["peak_mem_mb"] is not None and row["peak_mem_mb"] >= 0
+    assert data["config"]["models"]["vrkn"]["model"]["latent_dim"] == 5 and data["config"]["obs"] == "noisy_state"
+
+
 def test_out_of_memory_case_is_skipped_with_longer_contexts(tmp_path, monkeypatch):
     """(The CPU memory subprocess is replaced by a fake that reports OOM for RSSM at the shortest context.)"""
     first = bench.QUICK["context_lengths"][0]
@@ -140,10 +203,29 @@ def test_cpu_memory_subprocess_sees_the_activations_of_an_update():
     (["--set", "kalmamba.no_such_field=3"], "no_such_field"),
     (["--set", "kalmamba.d_state"], "--set"),
     (["--methods", "rssm", "--set", "vrkn.hidden_dim=8"], "--set"),
+    (["--experiment", "state"], "--experiment"),
+    (["--threads", "0"], "--threads"),
 ])
 def test_bad_arguments_are_errors_naming_them(tmp_path, capsys, argv, name):
     out = tmp_path / "bench.json"
     assert bench.main(["--quick", "--silent", "--no-memory", "--out", str(out), *argv]) == 2
+    assert name in capsys.readouterr().err
+    assert not out.exists()
+
+
+VALIDATION = str(Path(__file__).resolve().parents[1] / "config" / "validation.yaml")
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["--config", VALIDATION, "--latent-dim", "8"], "--latent-dim"),
+    (["--config", VALIDATION, "--experiment", "pixels"], "'pixels'"),
+    (["--config", "no_such_study.yaml"], "no_such_study.yaml"),
+    (["--config", VALIDATION, "--set", "kalmamba.d_model=0"], "d_model"),
+    (["--config", VALIDATION, "--quick"], "--quick"),
+])
+def test_bad_config_arguments_are_errors_naming_them(tmp_path, capsys, argv, name):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--silent", "--no-memory", "--out", str(out), *argv]) == 2
     assert name in capsys.readouterr().err
     assert not out.exists()
 

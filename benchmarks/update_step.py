@@ -16,8 +16,8 @@ order each repetition, after `--warmup` untimed calls per case):
   model's forward pass alone (encoder, inference, decoders, loss), no autograd graph;
 - `update_s`: `Agent.update(batch)`, exactly as training does it: model loss, backward, clip, Adam step;
   features of the batch with the updated model (eval mode, no_grad); one SAC update on its B(T-1) transitions;
-- diagnostics for the breakdown (`--no-breakdown` skips them): `features_s` (`model.features` in eval mode under
-  no_grad) and `sac_s` (`Agent.sac.update` on those features); the model's backward + optimiser step is about
+- diagnostics for the breakdown (`--no-breakdown` skips them): `features_s` (`model.features` under no_grad, in
+  eval mode, or train mode where the run's `sac_features` is "mc", as in the update) and `sac_s` (`Agent.sac.update` on those features); the model's backward + optimiser step is about
   update_s − forward_s − features_s − sac_s (plus the cost of building the graph); `world_model_s` =
   update_s − sac_s − features_s (medians), the world-model step alone (SAC is the same for every method; null
   for a method without a world-model step, plain SAC);
@@ -199,7 +199,8 @@ def forward(agent, batch) -> None:
 
 
 def features(agent, batch) -> torch.Tensor:
-    agent.world_model.eval()
+    """The features of Agent.update: under no_grad, in eval mode (or train mode with sac_features "mc")."""
+    agent.world_model.train(agent.sac_features == "mc")
     with torch.no_grad():
         return agent.world_model.features(batch["obs"], batch["prev_actions"])
 
@@ -253,6 +254,8 @@ def memory_case(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("mem_limit_bytes"):
         resource.setrlimit(resource.RLIMIT_AS, (spec["mem_limit_bytes"], spec["mem_limit_bytes"]))
     torch.manual_seed(spec["seed"])
+    if spec.get("threads"):
+        torch.set_num_threads(spec["threads"])
     try:
         registry.load_plugins(spec.get("plugins", []))
         obs_shape = tuple(spec["obs_shape"])
@@ -338,22 +341,41 @@ def apply_study(args: argparse.Namespace) -> None:
                          "changes one)")
     config = study_config(args.config)
     experiments = config["experiments"]
+    if not experiments:
+        raise ValueError(f"--config {args.config}: no experiments")
     name = args.experiment or next(iter(experiments))
     if name not in experiments:
         raise ValueError(f"--experiment {name!r}: not in {args.config} (has {', '.join(experiments)})")
     grid, train = experiments[name], config["train"]
+    missing = [k for k in ("obs", "tasks", "methods", "context_lengths") if not (grid or {}).get(k)]
+    if missing or not isinstance(train, dict):
+        raise ValueError(f"--config {args.config}: experiment {name!r} lacks {', '.join(missing)}" if missing
+                         else f"--config {args.config}: `train:` is not a mapping")
     args.plugin = [*args.plugin, *(config.get("plugins") or [])]
     registry.load_plugins(config.get("plugins") or [])
-    args.methods = args.methods or [m for m in grid["methods"] if m in registry.trained()]
-    args.context_lengths = args.context_lengths or list(grid["context_lengths"])
+    if args.methods is None:
+        args.methods = [m for m in grid["methods"] if m in registry.trained()]
+        if not args.methods:
+            raise ValueError(f"--config {args.config}: experiment {name!r} has no method rl.train trains "
+                             f"({', '.join(grid['methods'])}); name them with --methods")
+    if args.context_lengths is None:
+        args.context_lengths = list(grid["context_lengths"])
     default = {f.name: f.default for f in dataclasses.fields(RunConfig)}
-    args.batch_size = args.batch_size or train.get("batch_size", default["batch_size"])
-    if args.threads is None:
-        args.threads = train.get("torch_threads", default["torch_threads"]) or None   # 0: torch's default
-    args.obs = args.obs or grid["obs"]
+    if args.batch_size is None:
+        args.batch_size = train.get("batch_size", default["batch_size"])
+    if args.threads is None:   # the runs' torch threads: train.torch_threads, else the workflow's OMP_NUM_THREADS
+        cores = ((config.get("resources") or {}).get("train") or {}).get("cpus_per_task")
+        args.threads = train.get("torch_threads", default["torch_threads"]) or cores or None
+    if args.device is None:
+        args.device = train.get("device", default["device"])
+        args.device = "cuda" if args.device.startswith("cuda") else args.device
+    if args.obs is None:
+        args.obs = grid["obs"]
     env = envs.make_env(grid["tasks"][0], args.obs, seed=0)
-    args.obs_dim = args.obs_dim or env.observation_shape[0]
-    args.action_dim = args.action_dim or env.action_dim
+    if args.obs_dim is None:
+        args.obs_dim = env.observation_shape[0]
+    if args.action_dim is None:
+        args.action_dim = env.action_dim
     args.latent_dim = None
     args.study = {"path": str(Path(args.config).resolve()), "experiment": name, "task": grid["tasks"][0]}
 
@@ -369,9 +391,9 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
         if args.threads < 1:
             raise ValueError(f"--threads: must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
-    args.obs = args.obs or "noisy_state"
-    args.obs_dim = args.obs_dim or 24
-    args.action_dim = args.action_dim or 6
+    for name, value in (("obs", "noisy_state"), ("obs_dim", 24), ("action_dim", 6), ("device", "auto")):
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     base = QUICK if args.quick else DEFAULTS
     for key, value in base.items():
         if getattr(args, key) is None and not (key == "latent_dim" and args.study):
@@ -440,6 +462,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 spec = {"method": m, "context_length": T, "batch_size": B, "obs_shape": list(obs_shape),
                         "action_dim": args.action_dim, "latent_dim": args.latent_dim, "quick": args.quick,
                         "seed": args.seed, "mem_limit_bytes": limit, "set": args.set.get(m), "study": args.study,
+                        "threads": torch.get_num_threads(),
                         "plugins": [str(Path(p).resolve()) for p in args.plugin]}   # the child runs in REPO_ROOT
                 out = memory_cpu_subprocess(spec)
                 if "error" in out:
@@ -456,6 +479,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         agents[m], model_cfg, sac_cfg = build_agent(m, obs_shape, args.action_dim, args.latent_dim, args.quick,
                                                     device, args.set.get(m), args.study)
         configs[m] = {"model": dataclasses.asdict(model_cfg), "sac": dataclasses.asdict(sac_cfg),
+                      "sac_features": agents[m].sac_features,
                       "model_params": sum(p.numel() for p in agents[m].world_model.parameters()),
                       "sac_params": sum(p.numel() for p in agents[m].sac.parameters())}
     batches = {T: make_batch(obs_shape, args.action_dim, B, T, device, args.seed + T) for T in ctxs}
@@ -560,10 +584,11 @@ def format_table(bench: dict[str, Any]) -> str:
     sizes = (f"sizes of {Path(study['path']).name} experiment {study['experiment']} ({study['task']})" if study
              else f"latent {cfg['latent_dim']}")
     head = (f"update_step: device {cfg['device']}, obs {cfg['obs']}, batch {cfg['batch_size']}, {sizes}, "
-            f"{cfg['repeats']} repetitions (medians), torch threads {cfg['torch_threads']}")
+            f"repetitions {cfg['repeats']} (medians), torch threads {cfg['torch_threads']}")
     cols = ["method", "ctx", "forward ms", "update ms", "features ms", "sac ms", "wm ms", "GFLOP", "GFLOP/s",
             "peak MB", "status"]
-    lines = [head, "  ".join(f"{c:>11}" for c in cols)]
+    width = max([11] + [len(r["method"]) for r in bench["results"]])
+    lines = [head, "  ".join(f"{c:>{width if i == 0 else 11}}" for i, c in enumerate(cols))]
 
     def ms(x):
         return "-" if x is None else f"{1000 * x:.1f}"
@@ -576,7 +601,7 @@ def format_table(bench: dict[str, Any]) -> str:
         vals = [r["method"], str(r["context_length"]), ms(r["forward_s"]), ms(r["update_s"]), ms(r["features_s"]),
                 ms(r["sac_s"]), ms(r.get("world_model_s")), num(r.get("update_gflop"), ".2f"),
                 num(r.get("update_gflops"), ".1f"), mem, r["status"]]
-        lines.append("  ".join(f"{v:>11}" for v in vals))
+        lines.append("  ".join(f"{v:>{width if i == 0 else 11}}" for i, v in enumerate(vals)))
     s, name = bench["summary"], registry.get(REFERENCE).display_name
     for other in others(bench["results"]):
         ratios = s.get(f"update_ratio_{REFERENCE}_over_{other}")
@@ -603,17 +628,18 @@ def other_name(method: str) -> str:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.update_step", description=__doc__.split("\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(prog="python -m benchmarks.update_step",
+                                description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--methods", nargs="+", default=None,
-                   help="world models to time (default: rl.methods.benchmarked(), plugins included)")
+                   help="world models to time (default: rl.methods.benchmarked(), plugins included; with --config "
+                        "the experiment's methods that rl.train trains)")
     p.add_argument("--plugin", action="append", default=[], metavar="FILE",
                    help="a Python file registering your own method (examples/own_method.py); repeatable")
     p.add_argument("--context-lengths", nargs="+", type=int, default=None,
-                   help=f"sequence lengths T (default {DEFAULTS['context_lengths']}; "
+                   help=f"sequence lengths T (default {DEFAULTS['context_lengths']}; with --config the experiment's; "
                         f"--quick {QUICK['context_lengths']})")
     p.add_argument("--batch-size", type=int, default=None,
-                   help=f"sequences per batch (default {DEFAULTS['batch_size']})")
+                   help=f"sequences per batch (default {DEFAULTS['batch_size']}; with --config train.batch_size)")
     p.add_argument("--repeats", type=int, default=None, help=f"timed repetitions (default {DEFAULTS['repeats']})")
     p.add_argument("--warmup", type=int, default=None, help=f"untimed calls per case (default {DEFAULTS['warmup']})")
     p.add_argument("--latent-dim", type=int, default=None,
@@ -621,16 +647,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="METHOD.FIELD=VALUE",
                    help="override a model-config field of one method, e.g. kalmamba.d_state=8 (repeatable)")
     p.add_argument("--config", default=None, metavar="STUDY.yaml",
-                   help="time the runs of a study config (config/*.yaml): its methods, context lengths, batch size, "
-                        "torch threads, model and SAC sizes, input shapes (flags given win; --set still applies)")
+                   help="time the runs of a study config (config/*.yaml) at their sizes: the model and SAC configs "
+                        "rl.train makes for them, and by default its experiment's methods, context lengths, batch size, "
+                        "torch threads, device and input shapes (flags given win; --set still applies). Its "
+                        "`benchmark:` section (the workflow's Fig. 6 job) is not read")
     p.add_argument("--experiment", default=None, help="with --config: one of its experiments (default: its first)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads (default: the study's train.torch_threads with --config, else torch's)")
-    p.add_argument("--obs", choices=OBS_TYPES, default=None, help="input type (default noisy_state)")
-    p.add_argument("--obs-dim", type=int, default=None, help="state size for noisy_state (default 24: walker)")
-    p.add_argument("--action-dim", type=int, default=None, help="action size (default 6: walker)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="auto: cuda if available")
-    p.add_argument("--seed", type=int, default=0)
+                   help="torch threads (default: torch's; with --config the study's train.torch_threads, else its "
+                        "resources.train.cpus_per_task)")
+    p.add_argument("--obs", choices=OBS_TYPES, default=None,
+                   help="input type (default noisy_state; with --config the experiment's)")
+    p.add_argument("--obs-dim", type=int, default=None,
+                   help="state size (default 24: walker; with --config its first task's)")
+    p.add_argument("--action-dim", type=int, default=None,
+                   help="action size (default 6: walker; with --config its first task's)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                   help="auto (the default): cuda if available; with --config train.device")
+    p.add_argument("--seed", type=int, default=0, help="seed of the batches and models (default 0)")
     p.add_argument("--no-breakdown", dest="breakdown", action="store_false",
                    help="skip the features_s / sac_s diagnostics")
     p.add_argument("--no-memory", dest="memory", action="store_false", help="skip the peak-memory measurement")
@@ -638,7 +671,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="address-space limit of each CPU memory subprocess (default: 80%% of available memory)")
     p.add_argument("--quick", action="store_true", help="tiny models and sizes: a smoke test, not numbers")
     p.add_argument("--silent", action="store_true", help="no progress messages on stderr")
-    p.add_argument("--out", default="results/bench/update_step.json", help="JSON output path")
+    p.add_argument("--out", default="results/bench/update_step.json",
+                   help="JSON output path (default %(default)s)")
     p.add_argument("--memory-case", default=None, help=argparse.SUPPRESS)   # internal: one CPU memory subprocess
     return p.parse_args(argv)
 

@@ -29,6 +29,7 @@ its last snapshot (time spent after it, in a killed iteration, is not counted).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import signal
@@ -304,8 +305,11 @@ class Trainer:
         self.eval_env.close()
 
     def restore(self, state: dict[str, Any]) -> None:
-        changed = {k: (v, self.config.get(k)) for k, v in state["config"].items()
-                   if k not in RESTART_MAY_CHANGE and self.config.get(k) != v}
+        # a field the checkpoint lacks is younger than it: that run ran with the field's default
+        defaults = {f.name: f.default for f in dataclasses.fields(RunConfig) if f.default is not dataclasses.MISSING}
+        saved = {**defaults, **state["config"]}
+        changed = {k: (saved.get(k), self.config.get(k)) for k in {**saved, **self.config}
+                   if k not in RESTART_MAY_CHANGE and self.config.get(k) != saved.get(k)}
         if changed:
             diff = "; ".join(f"{k}: {old!r} in the checkpoint, {new!r} now" for k, (old, new) in changed.items())
             raise ConfigMismatch(f"{self.rundir.path} holds a run with a different config ({diff}); "

@@ -98,7 +98,7 @@ TINY_STUDY = """
 experiments:
   clean: {obs: state, tasks: [cartpole-swingup], methods: [kalmamba, sac], context_lengths: [3, 4]}
   noisy: {obs: noisy_state, tasks: [reacher-easy], methods: [vrkn], context_lengths: [5]}
-train: {batch_size: 2, torch_threads: 1, env_steps: 1000}
+train: {batch_size: 2, torch_threads: 1, env_steps: 1000, sac_features: mc}
 model:
   kalmamba: {latent_dim: 6, d_model: 8, hidden_dim: 8, mlp_hidden_dim: 8, reward_hidden_dim: 8}
   vrkn: {latent_dim: 5, hidden_dim: 8, mlp_hidden_dim: 8, reward_hidden_dim: 8}
@@ -132,6 +132,7 @@ def test_config_times_a_study_s_runs_with_the_configs_rl_train_makes(tmp_path):
     assert cfg["torch_threads"] == 1 and cfg["obs"] == "state"
     assert cfg["obs_shape"] == [5] and cfg["action_dim"] == 1              # cartpole: 5-d state, 1 action
     assert cfg["study"]["experiment"] == "clean" and cfg["latent_dim"] is None
+    assert cfg["models"]["kalmamba"]["sac_features"] == "mc"                 # the study's train.sac_features
     values = yaml.safe_load(TINY_STUDY)
     for m, model in (("kalmamba", {**values["model"]["kalmamba"], "d_state": 3}), ("sac", {})):
         run = config_from_dict({**values["train"], "model": model, "sac": values["sac"], "method": m,
@@ -222,11 +223,30 @@ VALIDATION = str(Path(__file__).resolve().parents[1] / "config" / "validation.ya
     (["--config", "no_such_study.yaml"], "no_such_study.yaml"),
     (["--config", VALIDATION, "--set", "kalmamba.d_model=0"], "d_model"),
     (["--config", VALIDATION, "--quick"], "--quick"),
+    (["--config", VALIDATION, "--obs-dim", "0"], "--obs-dim"),
+    (["--config", VALIDATION, "--batch-size", "0"], "--batch-size"),
+    (["--quick", "--action-dim", "0"], "--action-dim"),
 ])
 def test_bad_config_arguments_are_errors_naming_them(tmp_path, capsys, argv, name):
     out = tmp_path / "bench.json"
     assert bench.main(["--silent", "--no-memory", "--out", str(out), *argv]) == 2
     assert name in capsys.readouterr().err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("study, message", [
+    ("experiments: {}\ntrain: {}\n", "no experiments"),
+    ("experiments: {a: {obs: state, tasks: [cartpole-swingup], methods: [kalmamba]}}\ntrain: {}\n",
+     "experiment 'a' lacks context_lengths"),
+    ("experiments: {a: {obs: state, tasks: [cartpole-swingup], methods: [dreamerv3], context_lengths: [8]}}\n"
+     "train: {}\n", "experiment 'a' has no method rl.train trains (dreamerv3)"),
+])
+def test_a_study_without_what_the_benchmark_needs_is_an_error_naming_it(tmp_path, capsys, study, message):
+    path, out = tmp_path / "study.yaml", tmp_path / "bench.json"
+    path.write_text(study)
+    assert bench.main(["--config", str(path), "--silent", "--no-memory", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 
 
@@ -242,3 +262,14 @@ def test_every_observation_type_the_schema_allows_parses():
     schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "schema.yaml").read_text())
     allowed = schema["$defs"]["benchmark"]["properties"]["obs"]["enum"]
     assert {parse_args(["--obs", o]).obs for o in allowed} == set(allowed)
+
+
+@pytest.mark.parametrize("mode, training", [("map", False), ("mc", True)])
+def test_breakdown_features_are_computed_in_the_mode_of_the_agent_s_update(mode, training):
+    from models.sac import SACConfig
+    from rl.methods import build_agent, make_model_config
+
+    cfg = make_model_config("vrkn", bench.model_overrides("vrkn", 4, quick=True))
+    agent = build_agent("vrkn", (3,), 1, cfg, SACConfig(**bench.QUICK_SAC), "cpu", sac_features=mode)
+    feat = bench.features(agent, bench.make_batch((3,), 1, 2, 4, "cpu", 0))
+    assert agent.world_model.training is training and feat.shape == (2, 4, agent.world_model.feature_dim)

@@ -353,6 +353,13 @@ def test_non_finite_loss_names_the_term_and_keeps_the_last_good_checkpoint(tmp_p
     (out / "DONE").unlink()
     assert main(argv("kalmamba", "noisy_state", out, env_steps=120, checkpoint_every=40, seed=1)) == 2
     assert "seed: 0 in the checkpoint, 1 now" in capsys.readouterr().err
+    # a checkpoint from before a field existed ran with that field's default: another value is refused
+    ckpt = torch.load(out / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]["sac_features"]
+    torch.save(ckpt, out / "checkpoint.pt")
+    assert main(argv("kalmamba", "noisy_state", out, env_steps=120, checkpoint_every=40) + ["--sac-features", "mc"]) == 2
+    assert "sac_features: 'map' in the checkpoint, 'mc' now" in capsys.readouterr().err
+    assert main(args) == 0 and json.loads((out / "DONE").read_text())["env_steps"] == 120
 
 
 def test_non_finite_action_names_the_actor_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys):

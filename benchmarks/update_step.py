@@ -15,9 +15,10 @@ order each repetition, after `--warmup` untimed calls per case):
 - `forward_s`: `model.loss(obs, prev_actions, rewards)` in train() mode (MC dropout on) under no_grad: the
   model's forward pass alone (encoder, inference, decoders, loss), no autograd graph;
 - `update_s`: `Agent.update(batch)`, exactly as training does it: model loss, backward, clip, Adam step;
-  features of the batch with the updated model (eval mode, no_grad); one SAC update on its B(T-1) transitions;
-- diagnostics for the breakdown (`--no-breakdown` skips them): `features_s` (`model.features` under no_grad, in
-  eval mode, or train mode where the run's `sac_features` is "mc", as in the update) and `sac_s` (`Agent.sac.update` on those features); the model's backward + optimiser step is about
+  features of the batch with the updated model (no_grad; eval mode, or train mode where the run's `sac_features` is
+  "mc"); one SAC update on its B(T-1) transitions;
+- diagnostics for the breakdown (`--no-breakdown` skips them): `features_s` (`model.features` as in the update) and
+  `sac_s` (`Agent.sac.update` on those features); the model's backward + optimiser step is about
   update_s − forward_s − features_s − sac_s (plus the cost of building the graph); `world_model_s` =
   update_s − sac_s − features_s (medians), the world-model step alone (SAC is the same for every method; null
   for a method without a world-model step, plain SAC);

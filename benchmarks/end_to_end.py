@@ -56,14 +56,30 @@ TARGET_S = 360.0   # issue 12: KalMamba, 100k env steps on one core, <= 6 min
 TARGET_ENV_STEPS = 100_000
 
 
+SCHEMA = Path(__file__).resolve().parents[1] / "config" / "schema.yaml"
+
+
 def study_config(path: str) -> dict[str, Any]:
-    """The study YAML as a mapping with `experiments` and `train` (ValueError naming the file otherwise)."""
+    """The study YAML as a mapping, checked against config/schema.yaml as the workflow checks it (with the schema's
+    defaults filled in). ValueError naming the file, and the key and what is wrong with it."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
     try:
         config = yaml.safe_load(Path(path).read_text())
     except (OSError, yaml.YAMLError) as e:
         raise ValueError(f"--config {path}: {' '.join(str(e).split())}") from None
     if not isinstance(config, dict) or not isinstance(config.get("experiments"), dict) or "train" not in config:
         raise ValueError(f"--config {path}: not a study config (needs `experiments:` and `train:`; config/schema.yaml)")
+    try:
+        validate(config, str(SCHEMA))
+    except WorkflowError as e:
+        cause = e.__context__
+        if not hasattr(cause, "absolute_path"):   # not a jsonschema.ValidationError
+            raise
+        where = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in cause.absolute_path).lstrip(".")
+        raise ValueError(f"--config {path}: {where or 'top level'}: {' '.join(cause.message.split())} "
+                         "(config/schema.yaml lists every key a study may have)") from None
     return config
 
 

@@ -340,18 +340,12 @@ def apply_study(args: argparse.Namespace) -> None:
     if args.latent_dim is not None:
         raise ValueError("--latent-dim: not with --config (the study sets the sizes; --set METHOD.FIELD=VALUE "
                          "changes one)")
-    config = study_config(args.config)
+    config = study_config(args.config)   # checked against config/schema.yaml
     experiments = config["experiments"]
-    if not experiments:
-        raise ValueError(f"--config {args.config}: no experiments")
     name = args.experiment or next(iter(experiments))
     if name not in experiments:
         raise ValueError(f"--experiment {name!r}: not in {args.config} (has {', '.join(experiments)})")
     grid, train = experiments[name], config["train"]
-    missing = [k for k in ("obs", "tasks", "methods", "context_lengths") if not (grid or {}).get(k)]
-    if missing or not isinstance(train, dict):
-        raise ValueError(f"--config {args.config}: experiment {name!r} lacks {', '.join(missing)}" if missing
-                         else f"--config {args.config}: `train:` is not a mapping")
     args.plugin = [*args.plugin, *(config.get("plugins") or [])]
     registry.load_plugins(config.get("plugins") or [])
     if args.methods is None:

@@ -94,11 +94,18 @@ def test_set_overrides_one_method_s_model_config(tmp_path):
     assert data["config"]["set"] == {"kalmamba": {"d_state": 3}, "vrkn": {"dropout": 0.0}}
 
 
-TINY_STUDY = """
+STUDY_KEYS = """study: tiny
+seeds: [0]
+resources: {train: {cpus_per_task: 1, mem_mb: 500, runtime: 5}, bench: {cpus_per_task: 1, mem_mb: 500, runtime: 5},
+            analysis: {cpus_per_task: 1, mem_mb: 500, runtime: 5}}
+analysis: {bootstrap_reps: 10, seed: 0}
+"""
+TRAIN_KEYS = "env_steps: 1000, wall_clock_hours: 1, eval_every: 500, eval_episodes: 1, checkpoint_every: 500"
+TINY_STUDY = STUDY_KEYS + """
 experiments:
   clean: {obs: state, tasks: [cartpole-swingup], methods: [kalmamba, sac], context_lengths: [3, 4]}
   noisy: {obs: noisy_state, tasks: [reacher-easy], methods: [vrkn], context_lengths: [5]}
-train: {batch_size: 2, torch_threads: 1, env_steps: 1000, sac_features: mc}
+train: {batch_size: 2, torch_threads: 1, sac_features: mc, """ + TRAIN_KEYS + """}
 model:
   kalmamba: {latent_dim: 6, d_model: 8, hidden_dim: 8, mlp_hidden_dim: 8, reward_hidden_dim: 8}
   vrkn: {latent_dim: 5, hidden_dim: 8, mlp_hidden_dim: 8, reward_hidden_dim: 8}
@@ -234,16 +241,19 @@ def test_bad_config_arguments_are_errors_naming_them(tmp_path, capsys, argv, nam
     assert not out.exists()
 
 
-@pytest.mark.parametrize("study, message", [
-    ("experiments: {}\ntrain: {}\n", "no experiments"),
-    ("experiments: {a: {obs: state, tasks: [cartpole-swingup], methods: [kalmamba]}}\ntrain: {}\n",
-     "experiment 'a' lacks context_lengths"),
-    ("experiments: {a: {obs: state, tasks: [cartpole-swingup], methods: [dreamerv3], context_lengths: [8]}}\n"
-     "train: {}\n", "experiment 'a' has no method rl.train trains (dreamerv3)"),
+@pytest.mark.parametrize("experiments, message", [
+    ("{}", "experiments: {} should be non-empty"),
+    ("{a: {obs: state, tasks: [cartpole-swingup], methods: [kalmamba]}}",
+     "experiments.a: 'context_lengths' is a required property"),
+    ("{a: {obs: state, tasks: cartpole-swingup, methods: [kalmamba], context_lengths: [8]}}",
+     "experiments.a.tasks: 'cartpole-swingup' is not of type 'array'"),
+    ("{a: {obs: state, tasks: [cartpole-swingup], methods: [dreamerv3], context_lengths: [8]}}",
+     "experiment 'a' has no method rl.train trains (dreamerv3)"),
 ])
-def test_a_study_without_what_the_benchmark_needs_is_an_error_naming_it(tmp_path, capsys, study, message):
+def test_a_study_without_what_the_benchmark_needs_is_an_error_naming_it(tmp_path, capsys, experiments, message):
+    """The study is checked against config/schema.yaml (as the workflow checks it), then for a method to time."""
     path, out = tmp_path / "study.yaml", tmp_path / "bench.json"
-    path.write_text(study)
+    path.write_text(STUDY_KEYS + f"experiments: {experiments}\ntrain: {{{TRAIN_KEYS}}}\n")
     assert bench.main(["--config", str(path), "--silent", "--no-memory", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err

@@ -160,11 +160,9 @@ def configs(method: str, latent_dim: int, quick: bool, extra: dict[str, Any] | N
 
 def build_agent(method: str, obs_shape: tuple[int, ...], action_dim: int, latent_dim: int, quick: bool,
                 device: str, extra: dict[str, Any] | None = None, study: dict[str, Any] | None = None):
-    """(agent, model config, SAC config) through rl.methods, as rl.train builds them (configs() says which)."""
-    from rl.methods import build_agent as build
-
+    """The agent through rl.methods, as rl.train builds it, with the configs of configs()."""
     model_cfg, sac_cfg, sac_features = configs(method, latent_dim, quick, extra, study)
-    return build(method, obs_shape, action_dim, model_cfg, sac_cfg, device, sac_features), model_cfg, sac_cfg
+    return registry.build_agent(method, obs_shape, action_dim, model_cfg, sac_cfg, device, sac_features)
 
 
 def obs_shape_of(obs: str, obs_dim: int) -> tuple[int, ...]:
@@ -200,10 +198,8 @@ def forward(agent, batch) -> None:
 
 
 def features(agent, batch) -> torch.Tensor:
-    """The features of Agent.update: under no_grad, in eval mode (or train mode with sac_features "mc")."""
-    agent.world_model.train(agent.sac_features == "mc")
-    with torch.no_grad():
-        return agent.world_model.features(batch["obs"], batch["prev_actions"])
+    """The features of Agent.update (Agent.training_features: its mode, and its graph where `critic_grad`)."""
+    return agent.training_features(batch["obs"], batch["prev_actions"])
 
 
 def sac_update(agent, batch, feat: torch.Tensor) -> None:
@@ -260,7 +256,7 @@ def memory_case(spec: dict[str, Any]) -> dict[str, Any]:
     try:
         registry.load_plugins(spec.get("plugins", []))
         obs_shape = tuple(spec["obs_shape"])
-        agent, _, _ = build_agent(spec["method"], obs_shape, spec["action_dim"], spec["latent_dim"], spec["quick"],
+        agent = build_agent(spec["method"], obs_shape, spec["action_dim"], spec["latent_dim"], spec["quick"],
                                   "cpu", spec.get("set"), spec.get("study"))
         small = make_batch(obs_shape, spec["action_dim"], spec["batch_size"], 2, "cpu", spec["seed"])
         batch = make_batch(obs_shape, spec["action_dim"], spec["batch_size"], spec["context_length"], "cpu",
@@ -417,9 +413,10 @@ def resolve_args(args: argparse.Namespace) -> argparse.Namespace:
     if args.mem_limit_gb is not None and args.mem_limit_gb <= 0:
         raise ValueError(f"--mem-limit-gb: must be > 0, got {args.mem_limit_gb}")
     args.set = parse_sets(args.set, list(args.methods))
-    for m in args.methods:   # fail early on an unknown field or bad value
+    args.configs = {}   # method -> (model config, SAC config, sac_features), built once; a bad value fails here
+    for m in args.methods:
         try:
-            configs(m, args.latent_dim, args.quick, args.set.get(m), args.study)
+            args.configs[m] = configs(m, args.latent_dim, args.quick, args.set.get(m), args.study)
         except (TypeError, ValueError) as err:
             raise ValueError(f"--set/--latent-dim for {m}: {err}" if args.study is None
                              else f"--config {args.config}, method {m}: {err}") from None
@@ -471,8 +468,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # 2. agents and batches (one agent per method; the same batch for every method at a context length)
     agents, configs = {}, {}
     for m in methods:
-        agents[m], model_cfg, sac_cfg = build_agent(m, obs_shape, args.action_dim, args.latent_dim, args.quick,
-                                                    device, args.set.get(m), args.study)
+        model_cfg, sac_cfg, sac_features = args.configs[m]
+        agents[m] = registry.build_agent(m, obs_shape, args.action_dim, model_cfg, sac_cfg, device, sac_features)
         configs[m] = {"model": dataclasses.asdict(model_cfg), "sac": dataclasses.asdict(sac_cfg),
                       "sac_features": agents[m].sac_features,
                       "model_params": sum(p.numel() for p in agents[m].world_model.parameters()),

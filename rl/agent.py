@@ -113,15 +113,22 @@ class Agent:
             check_finite(logs, "world-model")
             self.model_opt.step()
 
-        wm.train(self.sac_features == "mc")
-        with torch.set_grad_enabled(wm.critic_grad):
-            feat = wm.features(obs, prev_actions)
+        feat = self.training_features(obs, prev_actions)
         F, A = feat.shape[-1], prev_actions.shape[-1]
         sac_logs = self.sac.update(feat[:, :-1].reshape(-1, F), prev_actions[:, 1:].reshape(-1, A),
                                    rewards[:, 1:].reshape(-1), feat[:, 1:].reshape(-1, F))
         sac_logs = {f"sac_{k}": v for k, v in sac_logs.items()}
         check_finite(sac_logs, "SAC")
         return {**logs, **sac_logs}
+
+    def training_features(self, obs: Tensor, prev_actions: Tensor) -> Tensor:
+        """The features SAC is trained on (step 2 of an update): `features(obs, prev_actions)` (B, T, F) of the current
+        model, obs already normalised and on the device; eval() mode, or train() mode with sac_features "mc"; with an
+        autograd graph only where the model is trained through the critic (`critic_grad`)."""
+        wm = self.world_model
+        wm.train(self.sac_features == "mc")
+        with torch.set_grad_enabled(wm.critic_grad and torch.is_grad_enabled()):
+            return wm.features(obs, prev_actions)
 
     def diagnose(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """Diagnostics of the current model on `batch` (as in `update`), as floats named `diag_<name>`:
@@ -142,9 +149,8 @@ class Agent:
                 out.update({f"grad_{k}": v for k, v in norms.items()})
                 if hasattr(wm, "diagnostics"):
                     out.update(wm.diagnostics(obs, prev_actions, rewards))
-            wm.train(self.sac_features == "mc")
             with torch.no_grad():
-                out.update(feature_scale(wm.features(obs, prev_actions)))
+                out.update(feature_scale(self.training_features(obs, prev_actions)))
         values = torch.stack([v.detach().float().reshape(()) for v in out.values()]).tolist()
         return {f"diag_{k}": v for k, v in zip(out, values)}
 

@@ -4,8 +4,9 @@
 # regulariser and plain SAC, on clean and noisy cartpole-swingup states at the issue's sizes, one run at a time.
 # Also VRKN with its state-task reward weight (1, `vrkn`) and with the image setting's x10 (`vrkn_reward_x10`): what
 # the observation-type reward rule did to VRKN. And lead D6 (`mc_features`, `vrkn_mc_features`): SAC's training
-# features computed with MC dropout on (`--sac-features mc`, as the authors' CoRAL code does). Not in the default
-# --variants; name them.
+# features computed with MC dropout on (`--sac-features mc`, as the authors' CoRAL code does). And the review's
+# leads D9 (`no_dropout`: the new defaults without MC dropout, `kalmamba_no_dropout`) and D3 (`vrkn_lr`: the new
+# defaults with VRKN's model learning rate 6e-4 and clip 100). Not in the default --variants; name them.
 # Every variant sets its loss values by flags, so it does not change when a default does.
 #
 #   bash scripts/kalmamba-leads.sh [--root DIR] [--seeds "0 1 2"] [--obs "state noisy_state"]
@@ -37,7 +38,7 @@ while (( $# )); do
     --variants) variants=$2; shift 2 ;;
     --env-steps) env_steps=$2; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n 2,21p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,22p "$0"; exit 0 ;;
     *) echo "kalmamba-leads.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -51,6 +52,9 @@ VRKN=(--model.latent_dim 64 --model.hidden_dim 128)   # the validation study's V
 # The old defaults (before issue 10): regulariser summed over D with alpha 1, free nats 3, reward x10.
 OLD=(--model.reg_reduction sum --model.reg_alpha 1 --model.reg_detach_belief false --model.free_nats 3
      --model.reward_loss_scale 10)
+# The new defaults (issue 10's fix), spelled out so a later default change does not alter the variants built on them.
+NEW=(--model.reg_reduction mean --model.reg_alpha 1 --model.reg_detach_belief false --model.free_nats 1
+     --model.reward_loss_scale 1)
 
 variant_args() {  # variant -> the rl.train arguments after COMMON
   case "$1" in
@@ -69,8 +73,10 @@ variant_args() {  # variant -> the rl.train arguments after COMMON
     mc_features)  echo --method kalmamba "${KALMAMBA[@]}" --model.reg_reduction mean --model.reg_alpha 1 \
                        --model.reg_detach_belief false --model.free_nats 1 --model.reward_loss_scale 1 --sac-features mc ;;
     vrkn_mc_features) echo --method vrkn "${VRKN[@]}" --model.reward_loss_scale 1 --sac-features mc ;;
+    no_dropout)   echo --method kalmamba_no_dropout "${KALMAMBA[@]}" "${NEW[@]}" ;;                 # lead D9
+    vrkn_lr)      echo --method kalmamba "${KALMAMBA[@]}" "${NEW[@]}" --model.lr 6e-4 --model.grad_clip 100 ;;  # D3
     *) echo "kalmamba-leads.sh: unknown variant '$1'; valid: old_defaults reg_mean reg_detach free_nats_1" \
-            "reward_x1 no_reg new_defaults sac vrkn vrkn_reward_x10 mc_features vrkn_mc_features" >&2; return 2 ;;
+            "reward_x1 no_reg new_defaults sac vrkn vrkn_reward_x10 mc_features vrkn_mc_features no_dropout vrkn_lr" >&2; return 2 ;;
   esac
 }
 

@@ -86,7 +86,8 @@ class Agent:
         self.obs_mean = obs.mean(0).float().to(self.device)
         self.obs_std = obs.std(0).clamp_min(OBS_STD_FLOOR).float().to(self.device)
 
-    def _normalize(self, obs: Tensor) -> Tensor:
+    def normalize(self, obs: Tensor) -> Tensor:
+        """What the world model sees of `obs` (..., O): (obs − mean) / std once fitted, else `obs` unchanged."""
         if self.obs_mean is None:
             return obs
         return (obs - self.obs_mean) / self.obs_std
@@ -94,7 +95,7 @@ class Agent:
     def _to_device(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
         obs, prev_actions, rewards = (batch[k].to(self.device, non_blocking=True)
                                       for k in ("obs", "prev_actions", "rewards"))
-        return self._normalize(obs), prev_actions, rewards
+        return self.normalize(obs), prev_actions, rewards
 
     def update(self, batch: dict[str, Tensor]) -> dict[str, float]:
         """One world-model step and one SAC step on `batch` (obs, prev_actions, rewards of shape (B, T, ...)).
@@ -164,7 +165,7 @@ class Agent:
         Returns the action (A,) float32 in [-1, 1] and the new acting state."""
         self.world_model.eval()
         model_state, prev_action = state
-        obs_t = self._normalize(torch.as_tensor(obs, device=self.device).unsqueeze(0))
+        obs_t = self.normalize(torch.as_tensor(obs, device=self.device).unsqueeze(0))
         feat, model_state = self.world_model.observe(model_state, obs_t, prev_action)
         self.last_features = feat[0]   # (F,) what SAC acted on: read by the belief probe (rl/probe.py)
         action = self.sac.act(feat, deterministic)

@@ -19,7 +19,8 @@ import numpy as np
 EVAL_COLUMNS = ["env_step", "wall_clock_s", "return_mean", "return_std", "episodes"]
 
 # Seed streams of `episode_seed` (rl/train.py derives its other generators from streams 2-4: keep these distinct).
-TRAIN_STREAM, EVAL_STREAM = 0, 1
+# WINDOW_STREAM: the episodes of rl/window_eval.py, which re-evaluates finished runs.
+TRAIN_STREAM, EVAL_STREAM, WINDOW_STREAM = 0, 1, 5
 
 
 def episode_seed(run_seed: int, stream: int, *index: int) -> int:

@@ -30,7 +30,8 @@ from analysis.tables import interval_cell
 from rl.io import atomic_write_text
 
 VARIANT_ORDER = ("old_defaults", "reg_mean", "reg_detach", "free_nats_1", "reward_x1", "no_reg", "new_defaults", "sac",
-                 "vrkn", "vrkn_reward_x10", "mc_features", "vrkn_mc_features")
+                 "vrkn", "vrkn_reward_x10", "mc_features", "vrkn_mc_features", "no_dropout", "vrkn_lr", "no_mamba",
+                 "new_no_reg")
 OBS_ORDER = ("state", "noisy_state")
 PARTS = ("recon", "reward", "kl", "reg")
 MISSING = "–"

@@ -154,6 +154,15 @@ class DMCEnv:
             raise RuntimeError("true_state(): no observation yet; call reset() first")
         return self._true_state.copy()
 
+    def state_names(self) -> list[str]:
+        """A name per entry of `true_state()` (S,): DMC's observation key, with the index where the entry is one of
+        several, e.g. cartpole: position[0], position[1], position[2], velocity[0], velocity[1]."""
+        names = []
+        for key, spec in self._env.observation_spec().items():
+            size = int(np.prod(spec.shape))
+            names += [key] if size == 1 else [f"{key}[{i}]" for i in range(size)]
+        return names
+
     def close(self) -> None:
         """Free the simulator and its rendering context (otherwise freed at interpreter exit, where
         dm_control's OSMesa/EGL cleanup can fail noisily)."""

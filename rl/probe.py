@@ -62,18 +62,22 @@ def ridge_predict(model, x: np.ndarray) -> np.ndarray:
     return ((np.asarray(x, np.float64) - x_mean) / x_std) @ w + b
 
 
-def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
-    """R^2 per target dimension, averaged uniformly over the dimensions that vary (module docstring, step 4).
-    y_true, y_pred: (N, S). NaN when no dimension varies."""
+def r2_scores(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """R^2 = 1 − SSE / SST per target dimension (S,); NaN for a dimension that does not vary. y_true, y_pred: (N, S)."""
     y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
     if y_true.shape != y_pred.shape or y_true.ndim != 2:
         raise ValueError(f"r2_score: need equal (N, S) shapes, got {y_true.shape} and {y_pred.shape}")
     sse = ((y_true - y_pred) ** 2).sum(0)
     sst = ((y_true - y_true.mean(0)) ** 2).sum(0)
     varies = sst > 1e-12 * len(y_true)
-    if not varies.any():
-        return math.nan
-    return float(np.mean(1.0 - sse[varies] / sst[varies]))
+    return np.where(varies, 1.0 - sse / np.where(varies, sst, 1.0), np.nan)
+
+
+def r2_score(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    """R^2 per target dimension, averaged uniformly over the dimensions that vary (module docstring, step 4).
+    y_true, y_pred: (N, S). NaN when no dimension varies."""
+    scores = r2_scores(y_true, y_pred)
+    return math.nan if np.isnan(scores).all() else float(np.nanmean(scores))
 
 
 def probe_r2(x_fit: np.ndarray, y_fit: np.ndarray, x_test: np.ndarray, y_test: np.ndarray,

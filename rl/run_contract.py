@@ -19,8 +19,8 @@ import numpy as np
 EVAL_COLUMNS = ["env_step", "wall_clock_s", "return_mean", "return_std", "episodes"]
 
 # Seed streams of `episode_seed` (rl/train.py derives its other generators from streams 2-4: keep these distinct).
-# WINDOW_STREAM: the episodes of rl/window_eval.py, which re-evaluates finished runs.
-TRAIN_STREAM, EVAL_STREAM, WINDOW_STREAM = 0, 1, 5
+# RECHECK_STREAM: the episodes of the tools that re-evaluate finished runs (rl/window_eval.py, rl/lag_probe.py).
+TRAIN_STREAM, EVAL_STREAM, RECHECK_STREAM = 0, 1, 5
 
 
 def episode_seed(run_seed: int, stream: int, *index: int) -> int:

@@ -12,7 +12,7 @@ and the deterministic policy, as evaluations do.
 
 Prints, per run and mode, the mean evaluation return, its standard deviation over the episodes, and the mean relative
 L2 difference ‖f_window − f_online‖ / ‖f_online‖ over the acting steps. Every mode plays the same episodes (seeds
-`episode_seed(run seed, WINDOW_STREAM, i)`, never used for training or the run's own evaluations), so the modes
+`episode_seed(run seed, RECHECK_STREAM, i)`, never used for training or the run's own evaluations), so the modes
 differ only by the features the policy sees. Bad input (no run directory, no checkpoint, a window < 1): a one-line
 error, exit 2. The JSON is written atomically.
 """
@@ -30,7 +30,7 @@ import torch
 
 from rl import render
 from rl.io import atomic_write_text
-from rl.run_contract import WINDOW_STREAM, episode_seed
+from rl.run_contract import RECHECK_STREAM, episode_seed
 
 
 def load_trainer(run_dir: Path, device: str):
@@ -83,7 +83,7 @@ def evaluate(run_dir: Path, windows: list[int], episodes: int, device: str = "cp
         for window in [None, *windows]:
             returns, diffs = [], []
             for i in range(episodes):
-                ret, d = play(trainer, episode_seed(trainer.cfg.seed, WINDOW_STREAM, i), window)
+                ret, d = play(trainer, episode_seed(trainer.cfg.seed, RECHECK_STREAM, i), window)
                 returns.append(ret)
                 diffs += d
             rows.append({"run": str(run_dir), "mode": "online" if window is None else f"window {window}",

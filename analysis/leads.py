@@ -31,7 +31,7 @@ from rl.io import atomic_write_text
 
 VARIANT_ORDER = ("old_defaults", "reg_mean", "reg_detach", "free_nats_1", "reward_x1", "no_reg", "new_defaults", "sac",
                  "vrkn", "vrkn_reward_x10", "mc_features", "vrkn_mc_features", "no_dropout", "vrkn_lr", "no_mamba",
-                 "new_no_reg")
+                 "new_no_reg", "features_with_m")
 OBS_ORDER = ("state", "noisy_state")
 PARTS = ("recon", "reward", "kl", "reg")
 MISSING = "–"

@@ -124,6 +124,10 @@ class KalMambaConfig:
                                      # lead that alone made KalMamba learn (README "KalMamba learns": reg_mean)
     reg_detach_belief: bool = False  # stop-gradient into μ⁺, Σ⁺ in R [INF: no; docs/paper-notes.md#stop-gradient];
                                      # True (with the sum) did not learn, Kalman gain ~0 (README leads: reg_detach)
+    features_with_m: bool = False    # SAC's features: μ⁺_t (False, the paper: "SAC uses the filtered mean") or
+                                     # concat(μ⁺_t, m_t) (True, a diagnostic, not the paper's: m_t has seen w_t at
+                                     # step t, μ⁺_t mostly one step later when the Kalman gain is small; README
+                                     # "KalMamba learns", belief lag)
     kalman_method: str = "auto"      # models.kalman method: "auto" (parallel scan on CUDA, numba kernels on CPU) |
                                      # "numba" | "fused" | "parallel" | "sequential" (reference loop)
     # optimisation (read by rl/agent.py)
@@ -179,7 +183,7 @@ class KalMamba(nn.Module):
         super().__init__()
         self.cfg, self.obs_shape, self.action_dim = cfg, tuple(obs_shape), action_dim
         D = cfg.latent_dim
-        self.feature_dim = D
+        self.feature_dim = 2 * D if cfg.features_with_m else D
         self.latent = LatentObservation.from_config(self.obs_shape, cfg)
         self.register_load_state_dict_pre_hook(LatentObservation.load_legacy_keys)
         self.image, self.obs_event_dims = self.latent.image, self.latent.obs_event_dims
@@ -340,8 +344,10 @@ class KalMamba(nn.Module):
         return ((m - mu_f) ** 2 / var_f).sum(-1)
 
     def features(self, obs: Tensor, prev_actions: Tensor) -> Tensor:
-        """Filtered means μ⁺_t (B, T, D), filtering from the start of the sequence (no dequantisation)."""
-        return self.infer(obs, prev_actions, dequantize=False, smooth=False)["mu_f"]
+        """Filtered means μ⁺_t (B, T, D), filtering from the start of the sequence (no dequantisation); with
+        `features_with_m`, concat(μ⁺_t, m_t) (B, T, 2D)."""
+        f = self.infer(obs, prev_actions, dequantize=False, smooth=False)
+        return torch.cat([f["mu_f"], f["m"]], dim=-1) if self.cfg.features_with_m else f["mu_f"]
 
     def initial_state(self, batch_size: int) -> dict[str, Any]:
         """Acting state before the first observation: `first` (B, 1) True (the next step uses the prior N(0, σ²_0),
@@ -357,7 +363,8 @@ class KalMamba(nn.Module):
 
     def observe(self, state: dict[str, Any], obs_t: Tensor, prev_action_t: Tensor) -> tuple[Tensor, dict[str, Any]]:
         """One online step (docs/paper-notes.md#acting), O(1) in the episode length.
-        obs_t (B, *obs_shape), prev_action_t (B, A) = a_{t−1} -> (μ⁺_t (B, D), next state).
+        obs_t (B, *obs_shape), prev_action_t (B, A) = a_{t−1} -> (features: μ⁺_t (B, D), or concat(μ⁺_t, m_t) (B, 2D)
+        with `features_with_m`; next state).
 
         predict:  (A, b, Σ^dyn) = NN_post(m_{t−1}, a_{t−1});  μ⁻_t = A μ⁺_{t−1} + b,  Σ⁻_t = A² Σ⁺_{t−1} + Σ^dyn
                   (at the first step: the prior N(0, σ²_0))
@@ -378,4 +385,5 @@ class KalMamba(nn.Module):
         if self.mamba is not None:
             x, mamba_state = self.mamba.step(x, mamba_state)
         m = self.m_proj(x)
-        return mu_f, {"mean": mu_f, "var": var_f, "m": m, "mamba": mamba_state, "first": torch.zeros_like(first)}
+        feat = torch.cat([mu_f, m], dim=-1) if self.cfg.features_with_m else mu_f
+        return feat, {"mean": mu_f, "var": var_f, "m": m, "mamba": mamba_state, "first": torch.zeros_like(first)}

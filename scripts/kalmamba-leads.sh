@@ -7,8 +7,9 @@
 # features computed with MC dropout on (`--sac-features mc`, as the authors' CoRAL code does). And the review's
 # leads D9 (`no_dropout`: the new defaults without MC dropout, `kalmamba_no_dropout`) and D3 (`vrkn_lr`: the new
 # defaults with VRKN's model learning rate 6e-4 and clip 100), and the paper's other two ablations on the new
-# defaults: `no_mamba` (`kalmamba_no_mamba`) and `new_no_reg` (`kalmamba_no_reg`). Not in the default --variants;
-# name them.
+# defaults: `no_mamba` (`kalmamba_no_mamba`) and `new_no_reg` (`kalmamba_no_reg`); and `features_with_m` (the new
+# defaults with SAC on concat(μ⁺_t, m_t): does timely information close the gap? belief-lag diagnosis). Not in the
+# default --variants; name them.
 # Every variant sets its loss values by flags, so it does not change when a default does.
 #
 #   bash scripts/kalmamba-leads.sh [--root DIR] [--seeds "0 1 2"] [--obs "state noisy_state"]
@@ -40,7 +41,7 @@ while (( $# )); do
     --variants) variants=$2; shift 2 ;;
     --env-steps) env_steps=$2; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n 2,23p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,24p "$0"; exit 0 ;;
     *) echo "kalmamba-leads.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -76,12 +77,13 @@ variant_args() {  # variant -> the rl.train arguments after COMMON
                        --model.reg_detach_belief false --model.free_nats 1 --model.reward_loss_scale 1 --sac-features mc ;;
     vrkn_mc_features) echo --method vrkn "${VRKN[@]}" --model.reward_loss_scale 1 --sac-features mc ;;
     no_dropout)   echo --method kalmamba_no_dropout "${KALMAMBA[@]}" "${NEW[@]}" ;;                 # lead D9
+    features_with_m) echo --method kalmamba "${KALMAMBA[@]}" "${NEW[@]}" --model.features_with_m true ;;
     no_mamba)     echo --method kalmamba_no_mamba "${KALMAMBA[@]}" "${NEW[@]}" ;;
     new_no_reg)   echo --method kalmamba_no_reg "${KALMAMBA[@]}" --model.reg_reduction mean \
                        --model.reg_detach_belief false --model.free_nats 1 --model.reward_loss_scale 1 ;;  # alpha 0
     vrkn_lr)      echo --method kalmamba "${KALMAMBA[@]}" "${NEW[@]}" --model.lr 6e-4 --model.grad_clip 100 ;;  # D3
     *) echo "kalmamba-leads.sh: unknown variant '$1'; valid: old_defaults reg_mean reg_detach free_nats_1" \
-            "reward_x1 no_reg new_defaults sac vrkn vrkn_reward_x10 mc_features vrkn_mc_features no_dropout vrkn_lr no_mamba new_no_reg" >&2; return 2 ;;
+            "reward_x1 no_reg new_defaults sac vrkn vrkn_reward_x10 mc_features vrkn_mc_features no_dropout vrkn_lr no_mamba new_no_reg features_with_m" >&2; return 2 ;;
   esac
 }
 

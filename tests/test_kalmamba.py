@@ -128,9 +128,9 @@ def test_bad_config_values_raise_value_error_naming_them(changes, name):
 # online inference == batch inference
 # ---------------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("use_mamba", [True, False])
-def test_observe_equals_features_float64(use_mamba):
-    model = make(dtype=torch.float64, use_mamba=use_mamba).eval()
+@pytest.mark.parametrize("use_mamba,features_with_m", [(True, False), (False, False), (True, True)])
+def test_observe_equals_features_float64(use_mamba, features_with_m):
+    model = make(dtype=torch.float64, use_mamba=use_mamba, features_with_m=features_with_m).eval()
     obs, pa, _ = batch(B=3, T=9, dtype=torch.float64)
     with torch.no_grad():
         feat = model.features(obs, pa)
@@ -139,6 +139,12 @@ def test_observe_equals_features_float64(use_mamba):
             mu, state = model.observe(state, obs[:, t], pa[:, t])
             steps.append(mu)
     torch.testing.assert_close(torch.stack(steps, 1), feat, rtol=1e-10, atol=1e-10)
+    D = model.cfg.latent_dim
+    assert feat.shape[-1] == model.feature_dim == (2 * D if features_with_m else D)
+    if features_with_m:   # concat(μ⁺_t, m_t), each as the filter and the backbone compute them
+        with torch.no_grad():
+            f = model.infer(obs, pa, smooth=False)
+        torch.testing.assert_close(feat, torch.cat([f["mu_f"], f["m"]], -1), rtol=0, atol=0)
 
 
 def test_observe_equals_features_pixels_float32():

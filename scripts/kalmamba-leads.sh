@@ -41,7 +41,7 @@ while (( $# )); do
     --variants) variants=$2; shift 2 ;;
     --env-steps) env_steps=$2; shift 2 ;;
     --dry-run) dry_run=1; shift ;;
-    -h|--help) sed -n 2,24p "$0"; exit 0 ;;
+    -h|--help) sed -n 2,25p "$0"; exit 0 ;;
     *) echo "kalmamba-leads.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done

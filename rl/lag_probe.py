@@ -4,13 +4,18 @@ t − 1, t and t + 1, and from the observation at t (README "KalMamba learns", l
 
     python -m rl.lag_probe RUN_DIR [RUN_DIR ...] [--episodes 20] [--json OUT.json]
 
-A timely filter predicts s_t at least as well from f_t as from f_{t+1}. Where f_{t+1} predicts s_t clearly better, the
-information about s_t reaches the belief one step late: for KalMamba, the observation w_t enters μ⁺_t through the
+f_{t+1} has seen o_{t+1}, which tells something about s_t too (a smoother beats a filter), so even a perfect filter may
+read s_t a little better from f_{t+1}; the evidence is the comparison between models on the same task. Where one
+model's f_{t+1} reads s_t clearly better than its f_t while another's does not, its information about s_t arrives one
+step late: for KalMamba, the observation w_t enters μ⁺_t through the
 Kalman gain and, one step later, through the transition offset b_t = NN_post(Mamba(w_{≤t}), a_t); with a small gain
 the second path carries it. The smoothed posterior the ELBO trains sees both, so the loss does not penalise the delay.
-The episodes: deterministic policy, MAP model (as evaluations), online acting (`Agent.act`), seeds
-`episode_seed(run seed, RECHECK_STREAM, i)` (the same episodes as rl/window_eval.py). Runs on `state` and `noisy_state`
-observations only. Bad input: a one-line error, exit 2. The JSON is written atomically.
+The episodes: deterministic policy, MAP model (as evaluations), online acting (`Agent.act`), the episodes of
+rl/window_eval.py (rl/recheck.py); the first ⌊episodes/2⌋ fit the read-out, the others score it (a warning when the
+fit has no more steps than features). Finished `state` and `noisy_state` runs only. Bad input (a directory that is not
+a finished run, a pixel run, a checkpoint that does not fit its config, --episodes < 2, a --json path that cannot be
+written): a one-line error naming it, exit 2, checked before any evaluation where it can be. The JSON is written
+atomically.
 """
 from __future__ import annotations
 
@@ -23,10 +28,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl import render
+from rl import recheck
 from rl.io import atomic_write_text
 from rl.probe import PROBED_OBS, fit_ridge, r2_scores, ridge_predict
-from rl.run_contract import RECHECK_STREAM, episode_seed
 
 SHIFTS = (-1, 0, 1)   # features at t + shift -> state at t
 
@@ -58,7 +62,8 @@ def record(trainer, episodes: int) -> list[dict[str, np.ndarray]]:
     agent, env = trainer.agent, trainer.eval_env
     out = []
     for i in range(episodes):
-        obs, state, done = env.reset(seed=episode_seed(trainer.cfg.seed, RECHECK_STREAM, i)), agent.initial_state(), False
+        seed = recheck.recheck_seed(trainer.cfg.seed, i)
+        obs, state, done = env.reset(seed=seed), agent.initial_state(), False
         ep = {"features": [], "observation": [], "state": []}
         while not done:
             action, state = agent.act(obs, state, deterministic=True)
@@ -70,17 +75,14 @@ def record(trainer, episodes: int) -> list[dict[str, np.ndarray]]:
     return out
 
 
-def probe_run(run_dir: Path, episodes: int, device: str = "cpu") -> dict[str, Any]:
-    """{run, episodes, state_names, rows: {input name: per-dimension R^2 (None where s does not vary)}} for the
-    features at t-1, t, t+1 and the observation at t. ValueError for a pixel run or a directory without a run."""
-    from rl.rundir import RunDir
-    from rl.window_eval import load_trainer
-
-    obs_type = (RunDir(run_dir).read_config() or {}).get("obs") if (run_dir / "config.json").is_file() else None
-    if obs_type is not None and obs_type not in PROBED_OBS:
-        raise ValueError(f"{run_dir}: observation type {obs_type!r} has no true state to probe "
+def probe_run(run_dir: Path, config: dict[str, Any], episodes: int, device: str = "cpu") -> dict[str, Any]:
+    """{run, episodes, state_names, fit_steps, feature_dim, rows: {input name: per-dimension R^2 (None where s does not
+    vary)}} for the features at t-1, t, t+1 and the observation at t: the first ⌊episodes/2⌋ episodes fit the read-out,
+    the others score it. ValueError for a run whose observation type has no true state."""
+    if config.get("obs") not in PROBED_OBS:
+        raise ValueError(f"{run_dir}: observation type {config.get('obs')!r} has no true state to probe "
                          f"(one of {', '.join(PROBED_OBS)})")
-    trainer = load_trainer(run_dir, device)
+    trainer = recheck.load_trainer(run_dir, config, device)
     try:
         eps = record(trainer, episodes)
         half = len(eps) // 2
@@ -89,35 +91,39 @@ def probe_run(run_dir: Path, episodes: int, device: str = "cpu") -> dict[str, An
             pairs = [(e[key], e["state"]) for e in eps]
             for shift in (SHIFTS if key == "features" else (0,)):
                 name = f"{key} t" + ("" if shift == 0 else f"{shift:+d}")
-                rows[name] = [None if np.isnan(v) else float(v) for v in readout_r2(pairs[:half], pairs[half:], shift)]
+                r2 = readout_r2(pairs[:half], pairs[half:], shift)
+                rows[name] = [None if np.isnan(v) else float(v) for v in r2]
         return {"run": str(run_dir), "episodes": episodes, "state_names": trainer.eval_env.state_names(),
+                "fit_steps": sum(len(e["state"]) for e in eps[:half]), "feature_dim": int(eps[0]["features"].shape[1]),
                 "rows": rows}
     finally:
         trainer.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rl.lag_probe", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run directories (config.json + checkpoint.pt)")
-    p.add_argument("--episodes", type=int, default=20, help="episodes, half to fit and half to score (>= 2)")
-    p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
-    p.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    p = argparse.ArgumentParser(prog="python -m rl.lag_probe", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    recheck.add_common_arguments(p, episodes_min=2)
     args = p.parse_args(argv)
     if args.episodes < 2:
-        print(f"error: --episodes must be >= 2, got {args.episodes}", file=sys.stderr)
+        print(f"error: --episodes must be >= 2 (half fit, half score), got {args.episodes}", file=sys.stderr)
         return 2
     results = []
     try:
-        render.configure(renders=False)
-        for run in args.runs:
-            res = probe_run(run, args.episodes, args.device)
+        runs = recheck.prepare(args.runs, args.json, pixels_ok=False)
+        for run, config in runs:
+            res = probe_run(run, config, args.episodes, args.device)
+            if res["fit_steps"] <= res["feature_dim"]:
+                print(f"warning: {run}: the read-out is fitted on {res['fit_steps']} steps for {res['feature_dim']} "
+                      "features: R^2 means little; use more --episodes", file=sys.stderr)
             width = max(len(n) for n in res["rows"])
             print(f"{res['run']}: R^2 of the true state s_t, {args.episodes} episodes")
             print(" " * width + "  " + "  ".join(f"{n:>11}" for n in res["state_names"]))
             for name, r2 in res["rows"].items():
-                print(f"{name:>{width}}  " + "  ".join(f"{v:11.3f}" if v is not None else f"{'–':>11}" for v in r2), flush=True)
+                cells = (f"{v:11.3f}" if v is not None else f"{'–':>11}" for v in r2)
+                print(f"{name:>{width}}  " + "  ".join(cells), flush=True)
             results.append(res)
-    except (ValueError, OSError, render.RendererUnavailable) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -11,15 +11,18 @@ and the deterministic policy, as evaluations do.
     python -m rl.window_eval RUN_DIR [RUN_DIR ...] [--windows 16 32] [--episodes 20] [--json OUT.json]
 
 Prints, per run and mode, the mean evaluation return, its standard deviation over the episodes, and the mean relative
-L2 difference ‖f_window − f_online‖ / ‖f_online‖ over the acting steps. Every mode plays the same episodes (seeds
-`episode_seed(run seed, RECHECK_STREAM, i)`, never used for training or the run's own evaluations), so the modes
-differ only by the features the policy sees. Bad input (no run directory, no checkpoint, a window < 1): a one-line
-error, exit 2. The JSON is written atomically.
+L2 difference ‖f_window − f_online‖ / ‖f_online‖ over the acting steps ("–" for online). Every mode plays the same
+episodes (rl/recheck.py: seed stream RECHECK_STREAM), so for a deterministic belief (KalMamba, VRKN) the modes differ
+only by the features the policy sees; a window at least as long as the episode reproduces online acting (diff 0).
+RSSM's belief is sampled (the GRU is fed a sample of its posterior, also in eval mode), so its diff and returns carry
+sampling noise: a window longer than the episode measures that floor. Runs of every observation type, pixels too.
+Bad input (a directory that is not a finished run, a checkpoint that does not fit its config, --windows or --episodes
+< 1, a --json path that cannot be written): a one-line error naming it, exit 2, before any evaluation where it can be
+checked first. The JSON is written atomically.
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -28,27 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rl import render
+from rl import recheck
 from rl.io import atomic_write_text
-from rl.run_contract import RECHECK_STREAM, episode_seed
-
-
-def load_trainer(run_dir: Path, device: str):
-    """A Trainer built from the run's config.json, its agent loaded from checkpoint.pt (nothing is written)."""
-    from rl.config import RunConfig, config_from_dict
-    from rl.rundir import RunDir
-    from rl.train import Trainer
-
-    rundir = RunDir(run_dir)
-    config = rundir.read_config()
-    if config is None or not rundir.has_checkpoint():
-        raise ValueError(f"{run_dir}: not a run directory with config.json and checkpoint.pt")
-    names = {f.name for f in dataclasses.fields(RunConfig)}
-    cfg = config_from_dict({**{k: v for k, v in config.items() if k in names}, "out": str(run_dir),
-                            "device": device})
-    trainer = Trainer(cfg)
-    trainer.agent.load_state_dict(rundir.load_checkpoint()["agent"])
-    return trainer
 
 
 @torch.no_grad()
@@ -75,49 +59,52 @@ def play(trainer, seed: int, window: int | None) -> tuple[float, list[float]]:
     return total, diffs
 
 
-def evaluate(run_dir: Path, windows: list[int], episodes: int, device: str = "cpu") -> list[dict[str, Any]]:
-    """Rows {run, mode, window, return_mean, return_std, episodes, feature_rel_diff} for `online` and each window."""
-    trainer = load_trainer(run_dir, device)
+def evaluate(run_dir: Path, config: dict[str, Any], windows: list[int], episodes: int,
+             device: str = "cpu") -> list[dict[str, Any]]:
+    """Rows {run, mode, window, return_mean, return_std, episodes, feature_rel_diff} for `online` and each window
+    (feature_rel_diff None for `online`; return_std the population std over the episodes)."""
+    trainer = recheck.load_trainer(run_dir, config, device)
     try:
         rows = []
         for window in [None, *windows]:
             returns, diffs = [], []
             for i in range(episodes):
-                ret, d = play(trainer, episode_seed(trainer.cfg.seed, RECHECK_STREAM, i), window)
+                ret, d = play(trainer, recheck.recheck_seed(trainer.cfg.seed, i), window)
                 returns.append(ret)
                 diffs += d
             rows.append({"run": str(run_dir), "mode": "online" if window is None else f"window {window}",
                          "window": window, "return_mean": float(np.mean(returns)),
                          "return_std": float(np.std(returns)), "episodes": episodes,
-                         "feature_rel_diff": float(np.mean(diffs)) if diffs else 0.0})
+                         "feature_rel_diff": float(np.mean(diffs)) if diffs else None})
         return rows
     finally:
         trainer.close()
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m rl.window_eval", description=__doc__.split("\n\n")[0])
-    p.add_argument("runs", nargs="+", type=Path, help="run directories (config.json + checkpoint.pt)")
+    p = argparse.ArgumentParser(prog="python -m rl.window_eval", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    recheck.add_common_arguments(p, episodes_min=1)
     p.add_argument("--windows", nargs="+", type=int, default=[32], help="window lengths L in agent steps (>= 1)")
-    p.add_argument("--episodes", type=int, default=20, help="episodes per mode (>= 1)")
-    p.add_argument("--device", default="cpu", help="torch device for the model (default cpu)")
-    p.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
-    bad = [w for w in args.windows if w < 1]
-    if bad or args.episodes < 1:
-        print(f"error: --windows and --episodes must be >= 1, got {bad[0] if bad else args.episodes}", file=sys.stderr)
-        return 2
+    for flag, values in (("--windows", args.windows), ("--episodes", [args.episodes])):
+        bad = [v for v in values if v < 1]
+        if bad:
+            print(f"error: {flag} must be >= 1, got {bad[0]}", file=sys.stderr)
+            return 2
+    windows = sorted(set(args.windows))
     rows = []
     try:
-        for run in args.runs:
-            config = json.loads((run / "config.json").read_text()) if (run / "config.json").is_file() else {}
-            render.configure(renders=config.get("obs") == "pixels")
-            run_rows = evaluate(run, args.windows, args.episodes, args.device)
+        runs = recheck.prepare(args.runs, args.json, pixels_ok=True)
+        for run, config in runs:
+            run_rows = evaluate(run, config, windows, args.episodes, args.device)
+            print(f"{run}: {args.episodes} episodes")
             for r in run_rows:
-                print(f"{r['run']}  {r['mode']:>10}  return {r['return_mean']:7.1f} ± {r['return_std']:5.1f}"
-                      f"  feature rel. diff {r['feature_rel_diff']:.3f}", flush=True)
+                diff = "–" if r["feature_rel_diff"] is None else f"{r['feature_rel_diff']:.3f}"
+                print(f"  {r['mode']:>10}  return {r['return_mean']:7.1f} ± {r['return_std']:5.1f}"
+                      f"  feature rel. diff {diff}", flush=True)
             rows += run_rows
-    except (ValueError, OSError, render.RendererUnavailable) as e:
+    except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.json:

@@ -45,9 +45,11 @@ def test_cli_on_a_finished_run(run, tmp_path, capsys):
     assert lag_probe.main([str(run), "--episodes", "4", "--json", str(out)]) == 0
     (res,) = json.loads(out.read_text())
     assert res["state_names"][:2] == ["orientations[0]", "orientations[1]"] and len(res["state_names"]) == 24
+    assert res["fit_steps"] == 2 * 10 and res["feature_dim"] == 8   # 2 of 4 episodes of 10 agent steps fit
     assert list(res["rows"]) == ["features t-1", "features t", "features t+1", "observation t"]
     assert all(len(v) == 24 for v in res["rows"].values())
-    assert "features t+1" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "features t+1" in captured.out and "R^2 means little" not in captured.err   # 20 steps for 8 features
     assert lag_probe.main([str(run), "--episodes", "1"]) == 2
     assert "got 1" in capsys.readouterr().err
     assert lag_probe.main([str(tmp_path / "none")]) == 2
@@ -56,6 +58,7 @@ def test_cli_on_a_finished_run(run, tmp_path, capsys):
 
 
 def test_pixel_runs_are_refused_before_anything_is_built(tmp_path, capsys):
-    (tmp_path / "config.json").write_text(json.dumps({"obs": "pixels"}))
+    for name in ("config.json", "checkpoint.pt", "DONE"):
+        (tmp_path / name).write_text(json.dumps({"obs": "pixels"}))
     assert lag_probe.main([str(tmp_path)]) == 2
-    assert "'pixels' has no true state" in capsys.readouterr().err
+    assert "pixel run has no true state" in capsys.readouterr().err

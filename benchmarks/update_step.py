@@ -118,7 +118,7 @@ def model_overrides(method: str, latent_dim: int, quick: bool, extra: dict[str, 
 
 
 def parse_sets(items: list[str], methods: list[str]) -> dict[str, dict[str, Any]]:
-    """["kalmamba.d_state=8", ...] -> {"kalmamba": {"d_state": 8}}; values are YAML scalars. Unknown fields are
+    """["METHOD.d_state=8", ...] -> {"METHOD": {"d_state": 8}}; values are YAML scalars. Unknown fields are
     caught by rl.methods.make_model_config."""
     import yaml
 

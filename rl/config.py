@@ -212,7 +212,7 @@ def load(argv: list[str]) -> RunConfig:
     if plugin:
         methods.load_plugin(plugin)   # before the method is resolved: it registers a method name and its config
     asks_help = "-h" in argv or "--help" in argv
-    method = last_value(argv, "--method") or ("kalmamba" if asks_help else None)
+    method = last_value(argv, "--method") or (methods.REFERENCE if asks_help else None)   # help: the paper's method
     if method is None:
         raise ValueError("missing required --method (one of " + ", ".join(methods.ALL_METHODS) + ")")
     try:

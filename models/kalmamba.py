@@ -347,7 +347,11 @@ class KalMamba(nn.Module):
         """Filtered means μ⁺_t (B, T, D), filtering from the start of the sequence (no dequantisation); with
         `features_with_m`, concat(μ⁺_t, m_t) (B, T, 2D)."""
         f = self.infer(obs, prev_actions, dequantize=False, smooth=False)
-        return torch.cat([f["mu_f"], f["m"]], dim=-1) if self.cfg.features_with_m else f["mu_f"]
+        return self.sac_input(f["mu_f"], f["m"])
+
+    def sac_input(self, mu_f: Tensor, m: Tensor) -> Tensor:
+        """What SAC sees of a step: μ⁺ (..., D), or concat(μ⁺, m) (..., 2D) with `features_with_m`."""
+        return torch.cat([mu_f, m], dim=-1) if self.cfg.features_with_m else mu_f
 
     def initial_state(self, batch_size: int) -> dict[str, Any]:
         """Acting state before the first observation: `first` (B, 1) True (the next step uses the prior N(0, σ²_0),
@@ -385,5 +389,4 @@ class KalMamba(nn.Module):
         if self.mamba is not None:
             x, mamba_state = self.mamba.step(x, mamba_state)
         m = self.m_proj(x)
-        feat = torch.cat([mu_f, m], dim=-1) if self.cfg.features_with_m else mu_f
-        return feat, {"mean": mu_f, "var": var_f, "m": m, "mamba": mamba_state, "first": torch.zeros_like(first)}
+        return self.sac_input(mu_f, m), {"mean": mu_f, "var": var_f, "m": m, "mamba": mamba_state, "first": torch.zeros_like(first)}

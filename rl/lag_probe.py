@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from rl import recheck
 from rl.io import atomic_write_text
-from rl.probe import PROBED_OBS, fit_ridge, r2_scores, ridge_predict
+from rl.probe import PROBED_OBS, ProbeRecorder, fit_ridge, r2_scores, ridge_predict
 
 SHIFTS = (-1, 0, 1)   # features at t + shift -> state at t
 
@@ -56,23 +55,14 @@ def readout_r2(fit: list, test: list, shift: int) -> np.ndarray:
     return r2_scores(y_test, ridge_predict(fit_ridge(x_fit, y_fit), x_test))
 
 
-@torch.no_grad()
 def record(trainer, episodes: int) -> list[dict[str, np.ndarray]]:
-    """Online deterministic episodes: per episode the features (T, F), observations (T, O), true states (T, S)."""
-    agent, env = trainer.agent, trainer.eval_env
-    out = []
+    """Online deterministic episodes, as the run's evaluations play them (`Trainer.run_episode` with the belief probe's
+    recorder): per episode the features (T, F), observations (T, O), true states (T, S)."""
+    recorder = ProbeRecorder()
     for i in range(episodes):
-        seed = recheck.recheck_seed(trainer.cfg.seed, i)
-        obs, state, done = env.reset(seed=seed), agent.initial_state(), False
-        ep = {"features": [], "observation": [], "state": []}
-        while not done:
-            action, state = agent.act(obs, state, deterministic=True)
-            ep["features"].append(agent.last_features.cpu().numpy().astype(np.float64))
-            ep["observation"].append(np.asarray(obs, np.float64))
-            ep["state"].append(env.true_state())
-            obs, _, done, _ = env.step(action)
-        out.append({k: np.stack(v) for k, v in ep.items()})
-    return out
+        recorder.start_episode()
+        trainer.run_episode(trainer.eval_env, recheck.recheck_seed(trainer.cfg.seed, i), "eval", recorder)
+    return [{k: np.stack(v) for k, v in ep.items()} for ep in recorder.episodes]
 
 
 def probe_run(run_dir: Path, config: dict[str, Any], episodes: int, device: str = "cpu") -> dict[str, Any]:

@@ -66,7 +66,7 @@ def r2_scores(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
     """R^2 = 1 − SSE / SST per target dimension (S,); NaN for a dimension that does not vary. y_true, y_pred: (N, S)."""
     y_true, y_pred = np.asarray(y_true, np.float64), np.asarray(y_pred, np.float64)
     if y_true.shape != y_pred.shape or y_true.ndim != 2:
-        raise ValueError(f"r2_score: need equal (N, S) shapes, got {y_true.shape} and {y_pred.shape}")
+        raise ValueError(f"r2_scores: need equal (N, S) shapes, got {y_true.shape} and {y_pred.shape}")
     sse = ((y_true - y_pred) ** 2).sum(0)
     sst = ((y_true - y_true.mean(0)) ** 2).sum(0)
     varies = sst > 1e-12 * len(y_true)

@@ -90,7 +90,7 @@ def load_trainer(run_dir: Path, config: dict[str, Any], device: str):
         values["model"] = {**model, "mamba_backend": "auto"}
     try:
         trainer = Trainer(config_from_dict({**values, "out": str(run_dir), "device": device}))
-    except (ValueError, TypeError, SystemExit) as e:
+    except (ValueError, TypeError) as e:
         raise ValueError(f"{run_dir}/config.json does not build a run: {str(e).splitlines()[0][:300]}") from None
     try:
         trainer.agent.load_state_dict(RunDir(run_dir).load_checkpoint()["agent"])

@@ -55,9 +55,10 @@ VRKN=(--model.latent_dim 64 --model.hidden_dim 128)   # the validation study's V
 # The old defaults (before issue 10): regulariser summed over D with alpha 1, free nats 3, reward x10.
 OLD=(--model.reg_reduction sum --model.reg_alpha 1 --model.reg_detach_belief false --model.free_nats 3
      --model.reward_loss_scale 10)
-# The new defaults (issue 10's fix), spelled out so a later default change does not alter the variants built on them.
-NEW=(--model.reg_reduction mean --model.reg_alpha 1 --model.reg_detach_belief false --model.free_nats 1
-     --model.reward_loss_scale 1)
+# The new defaults (issue 10's fix), spelled out so a later default change does not alter the variants built on them;
+# NEW_LOSS without alpha, for kalmamba_no_reg (which fixes alpha at 0 and refuses another value).
+NEW_LOSS=(--model.reg_reduction mean --model.reg_detach_belief false --model.free_nats 1 --model.reward_loss_scale 1)
+NEW=(--model.reg_alpha 1 "${NEW_LOSS[@]}")
 
 variant_args() {  # variant -> the rl.train arguments after COMMON
   case "$1" in
@@ -67,20 +68,17 @@ variant_args() {  # variant -> the rl.train arguments after COMMON
     free_nats_1)  echo --method kalmamba "${KALMAMBA[@]}" "${OLD[@]}" --model.free_nats 1 ;;
     reward_x1)    echo --method kalmamba "${KALMAMBA[@]}" "${OLD[@]}" --model.reward_loss_scale 1 ;;
     no_reg)       echo --method kalmamba_no_reg "${KALMAMBA[@]}" --model.free_nats 3 --model.reward_loss_scale 10 ;;
-    new_defaults) echo --method kalmamba "${KALMAMBA[@]}" --model.reg_reduction mean --model.reg_alpha 1 \
-                       --model.reg_detach_belief false --model.free_nats 1 --model.reward_loss_scale 1 ;;
+    new_defaults) echo --method kalmamba "${KALMAMBA[@]}" "${NEW[@]}" ;;
     sac)          echo --method sac ;;
     vrkn)         echo --method vrkn "${VRKN[@]}" --model.reward_loss_scale 1 ;;   # VRKN's state-task default
     vrkn_reward_x10) echo --method vrkn "${VRKN[@]}" --model.reward_loss_scale 10 ;;  # VRKN's image-setting weight
     # lead D6: SAC trained on one MC-dropout sample of the features (CoRAL's training states), acting at MAP
-    mc_features)  echo --method kalmamba "${KALMAMBA[@]}" --model.reg_reduction mean --model.reg_alpha 1 \
-                       --model.reg_detach_belief false --model.free_nats 1 --model.reward_loss_scale 1 --sac-features mc ;;
+    mc_features)  echo --method kalmamba "${KALMAMBA[@]}" "${NEW[@]}" --sac-features mc ;;
     vrkn_mc_features) echo --method vrkn "${VRKN[@]}" --model.reward_loss_scale 1 --sac-features mc ;;
     no_dropout)   echo --method kalmamba_no_dropout "${KALMAMBA[@]}" "${NEW[@]}" ;;                 # lead D9
     features_with_m) echo --method kalmamba "${KALMAMBA[@]}" "${NEW[@]}" --model.features_with_m true ;;
     no_mamba)     echo --method kalmamba_no_mamba "${KALMAMBA[@]}" "${NEW[@]}" ;;
-    new_no_reg)   echo --method kalmamba_no_reg "${KALMAMBA[@]}" --model.reg_reduction mean \
-                       --model.reg_detach_belief false --model.free_nats 1 --model.reward_loss_scale 1 ;;  # alpha 0
+    new_no_reg)   echo --method kalmamba_no_reg "${KALMAMBA[@]}" "${NEW_LOSS[@]}" ;;   # alpha 0
     vrkn_lr)      echo --method kalmamba "${KALMAMBA[@]}" "${NEW[@]}" --model.lr 6e-4 --model.grad_clip 100 ;;  # D3
     *) echo "kalmamba-leads.sh: unknown variant '$1'; valid: old_defaults reg_mean reg_detach free_nats_1" \
             "reward_x1 no_reg new_defaults sac vrkn vrkn_reward_x10 mc_features vrkn_mc_features no_dropout vrkn_lr no_mamba new_no_reg features_with_m" >&2; return 2 ;;

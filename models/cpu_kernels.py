@@ -460,16 +460,36 @@ if numba is not None:
 
 @_jit_serial
 def _dot(x, y):
-    """Σ_j x_j y_j over 1-D arrays, in 8 partial sums (independent chains LLVM vectorises), then added in order."""
+    """Σ_j x_j y_j over 1-D arrays, in 8 partial sums (independent chains LLVM vectorises: s_k sums the j = k mod 8),
+    then added in a fixed order. The partial sums are locals: an array would be a heap allocation per call."""
     n = x.shape[0]
-    s = np.zeros(8, x.dtype)
     m = n - n % 8
-    for j0 in range(0, m, 8):
-        for k in range(8):
-            s[k] += x[j0 + k] * y[j0 + k]
-    for j in range(m, n):
-        s[j - m] += x[j] * y[j]
-    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]))
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = x.dtype.type(0)
+    for j in range(0, m, 8):
+        s0 += x[j] * y[j]
+        s1 += x[j + 1] * y[j + 1]
+        s2 += x[j + 2] * y[j + 2]
+        s3 += x[j + 3] * y[j + 3]
+        s4 += x[j + 4] * y[j + 4]
+        s5 += x[j + 5] * y[j + 5]
+        s6 += x[j + 6] * y[j + 6]
+        s7 += x[j + 7] * y[j + 7]
+    r = n - m                                    # the last n mod 8 elements go to s0..s6
+    if r > 0:
+        s0 += x[m] * y[m]
+    if r > 1:
+        s1 += x[m + 1] * y[m + 1]
+    if r > 2:
+        s2 += x[m + 2] * y[m + 2]
+    if r > 3:
+        s3 += x[m + 3] * y[m + 3]
+    if r > 4:
+        s4 += x[m + 4] * y[m + 4]
+    if r > 5:
+        s5 += x[m + 5] * y[m + 5]
+    if r > 6:
+        s6 += x[m + 6] * y[m + 6]
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
 @_jit_serial

@@ -159,11 +159,14 @@ class Agent:
         """Acting state before the first observation of an episode: (model state, previous action = 0)."""
         return self.world_model.initial_state(1), torch.zeros(1, self.sac.action_dim, device=self.device)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def act(self, obs: np.ndarray, state: tuple[Any, Tensor], deterministic: bool) -> tuple[np.ndarray, tuple]:
         """One online step: update the belief with `obs` and the previous action, then act.
-        Returns the action (A,) float32 in [-1, 1] and the new acting state."""
-        self.world_model.eval()
+        Returns the action (A,) float32 in [-1, 1] and the new acting state (inference tensors: for acting only).
+        inference_mode, and eval() only when the model is not in it already (a recursive switch over every module
+        cost ~0.14 ms a step): the same ops, ~25 % less time per step (README, benchmarks)."""
+        if self.world_model.training:
+            self.world_model.eval()
         model_state, prev_action = state
         obs_t = self.normalize(torch.as_tensor(obs, device=self.device).unsqueeze(0))
         feat, model_state = self.world_model.observe(model_state, obs_t, prev_action)

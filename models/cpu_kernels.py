@@ -408,7 +408,10 @@ class KalmanFilterSmootherNumba(torch.autograd.Function):
 #   ∂C_t = Σ_e ∂y_t,e h_t,e    ∂B_t = Σ_e Δ_t,e u_t,e g_t,e    ∂A = Σ_{b,t} Δ_t ⊙ S_t    ∂D = Σ_{b,t} u ⊙ ∂y
 #   ∂(Δu)_t = Σ_n g_t B_t,   ∂Δ_t = u_t ∂(Δu)_t + Σ_n A ⊙ S_t,   ∂u_t = Δ_t ∂(Δu)_t + D ∂y_t
 # Layout: states are held as (N, E) rows, so every loop over e is contiguous and LLVM vectorises it (also the sums
-# over n, accumulated per e); the two sums over e (∂C, ∂B) are dot products with 8 partial sums (`_dot`). Ā is
+# over n, accumulated per e). The two sums over e (∂C, ∂B) take their terms from the element-wise loop of g_t (into
+# scratch rows) and add them in 8 partial sums (e mod 8) in a fixed order, so the sums do not depend on how a loop is
+# vectorised; the backward's loops index flat rows, without a helper call or a view per (t, n): numba reference-counts
+# every view, and a dot product over two arrays did not vectorise (the terms did: -37 % of the backward). Ā is
 # computed for a whole step at once by `_exp_inplace` (float32: a polynomial LLVM vectorises, since numba's np.exp
 # is a scalar call per element and was most of the scan's time; float64: np.exp).
 # Batch elements are split over `n_chunks` chunks (one per thread); ∂A and ∂D are summed per chunk in float64.
@@ -459,40 +462,6 @@ if numba is not None:
 
 
 @_jit_serial
-def _dot(x, y):
-    """Σ_j x_j y_j over 1-D arrays, in 8 partial sums (independent chains LLVM vectorises: s_k sums the j = k mod 8),
-    then added in a fixed order. The partial sums are locals: an array would be a heap allocation per call."""
-    n = x.shape[0]
-    m = n - n % 8
-    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = x.dtype.type(0)
-    for j in range(0, m, 8):
-        s0 += x[j] * y[j]
-        s1 += x[j + 1] * y[j + 1]
-        s2 += x[j + 2] * y[j + 2]
-        s3 += x[j + 3] * y[j + 3]
-        s4 += x[j + 4] * y[j + 4]
-        s5 += x[j + 5] * y[j + 5]
-        s6 += x[j + 6] * y[j + 6]
-        s7 += x[j + 7] * y[j + 7]
-    r = n - m                                    # the last n mod 8 elements go to s0..s6
-    if r > 0:
-        s0 += x[m] * y[m]
-    if r > 1:
-        s1 += x[m + 1] * y[m + 1]
-    if r > 2:
-        s2 += x[m + 2] * y[m + 2]
-    if r > 3:
-        s3 += x[m + 3] * y[m + 3]
-    if r > 4:
-        s4 += x[m + 4] * y[m + 4]
-    if r > 5:
-        s5 += x[m + 5] * y[m + 5]
-    if r > 6:
-        s6 += x[m + 6] * y[m + 6]
-    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
-
-
-@_jit_serial
 def _scan_fwd_chain(u, delta, At, Bm, C, D, y, h, a, bits):
     """One batch element: u, delta, y (T, E); At (N, E); Bm, C (T, N); scratch h (N, E), a (N·E,), bits (N·E,)."""
     T, E = u.shape
@@ -537,55 +506,96 @@ def _scan_recompute(u, delta, At, Bm, dA, h, bits):
 
 
 @_jit_serial
-def _adjoint_row(gn, an1, gyt, cn, has_next):
-    """g_t row (E,) of one n, in place: g_t = Ā_{t+1} ⊙ g_{t+1} + ∂y_t C_t,n (no Ā_{t+1} term at t = T-1)."""
-    if has_next:
-        for e in range(gn.shape[0]):
-            gn[e] = gn[e] * an1[e] + gyt[e] * cn
-    else:
-        for e in range(gn.shape[0]):
-            gn[e] = gyt[e] * cn
-
-
-@_jit_serial
-def _adjoint_sums_row(gn, an, hp, dt, An, bn, gdu, gAn, sa):
-    """One n: ∂(Δu) += g B_n,  and with S = g ⊙ Ā_t ⊙ h_{t-1}:  ∂A_n += Δ ⊙ S,  Σ_n A ⊙ S += A_n ⊙ S  (rows (E,))."""
-    for e in range(gn.shape[0]):
-        gdu[e] += gn[e] * bn
-        s = gn[e] * an[e] * hp[e]
-        gAn[e] += dt[e] * s
-        sa[e] += An[e] * s
-
-
-@_jit_serial
-def _scan_bwd_chain(u, delta, At, Bm, C, D, gy, gu, gdelta, gB, gC, gA, gD, dA, h, g, bits, du, gdu, sa):
+def _scan_bwd_chain(u, delta, At, Bm, C, D, gy, gu, gdelta, gB, gC, gA, gD, dA, h, g, bits, du, gdu, sa, pc, pb):
     """One batch element: u, delta, gy, gu, gdelta (T, E); At (N, E); Bm, C, gB, gC (T, N); accumulates into gA
-    (N·E,) and gD (E,) (float64); scratch dA, h (T, N·E), g, bits (N·E,), du, gdu, sa (E,)."""
+    (N·E,) and gD (E,) (float64); scratch dA, h (T, N·E), g, bits (N·E,), du, gdu, sa, pc, pb (E,)."""
     T, E = u.shape
     N = At.shape[0]
+    E8 = E - E % 8
+    zero = u.dtype.type(0)
     _scan_recompute(u, delta, At, Bm, dA, h, bits)
     g[:] = 0
     for t in range(T - 1, -1, -1):                                   # the adjoint, in reverse
-        dt, ut, gyt = delta[t], u[t], gy[t]
         for e in range(E):
-            du[e] = dt[e] * ut[e]
+            du[e] = delta[t, e] * u[t, e]
             gdu[e] = 0
             sa[e] = 0
         for n in range(N):
-            lo, hi = n * E, (n + 1) * E
-            gn = g[lo:hi]
-            _adjoint_row(gn, dA[min(t + 1, T - 1), lo:hi], gyt, C[t, n], t + 1 < T)
-            gC[t, n] = _dot(gyt, h[t, lo:hi])
-            gB[t, n] = _dot(du, gn)
-            if t > 0:
-                _adjoint_sums_row(gn, dA[t, lo:hi], h[t - 1, lo:hi], dt, At[n], Bm[t, n], gdu, gA[lo:hi], sa)
+            lo = n * E
+            cn, bn = C[t, n], Bm[t, n]
+            # g_t = Ā_{t+1} ⊙ g_{t+1} + ∂y_t C_t,n, and the terms of ∂C_t,n = Σ_e ∂y_t,e h_t,e and ∂B_t,n = Σ_e
+            # (Δu)_t,e g_t,e into pc, pb (element-wise: vectorised)
+            if t + 1 < T:
+                for e in range(E):
+                    ge = g[lo + e] * dA[t + 1, lo + e] + gy[t, e] * cn
+                    g[lo + e] = ge
+                    pc[e] = gy[t, e] * h[t, lo + e]
+                    pb[e] = du[e] * ge
             else:
                 for e in range(E):
-                    gdu[e] += gn[e] * Bm[t, n]
+                    ge = gy[t, e] * cn
+                    g[lo + e] = ge
+                    pc[e] = gy[t, e] * h[t, lo + e]
+                    pb[e] = du[e] * ge
+            # the two sums, each in 8 partial sums (e mod 8) added in a fixed order: independent of vectorisation
+            c0 = c1 = c2 = c3 = c4 = c5 = c6 = c7 = zero
+            b0 = b1 = b2 = b3 = b4 = b5 = b6 = b7 = zero
+            for j in range(0, E8, 8):
+                c0 += pc[j]
+                c1 += pc[j + 1]
+                c2 += pc[j + 2]
+                c3 += pc[j + 3]
+                c4 += pc[j + 4]
+                c5 += pc[j + 5]
+                c6 += pc[j + 6]
+                c7 += pc[j + 7]
+                b0 += pb[j]
+                b1 += pb[j + 1]
+                b2 += pb[j + 2]
+                b3 += pb[j + 3]
+                b4 += pb[j + 4]
+                b5 += pb[j + 5]
+                b6 += pb[j + 6]
+                b7 += pb[j + 7]
+            for j in range(E8, E):                                   # the last E mod 8 go to partial sums 0..6
+                r = j - E8
+                if r == 0:
+                    c0 += pc[j]
+                    b0 += pb[j]
+                elif r == 1:
+                    c1 += pc[j]
+                    b1 += pb[j]
+                elif r == 2:
+                    c2 += pc[j]
+                    b2 += pb[j]
+                elif r == 3:
+                    c3 += pc[j]
+                    b3 += pb[j]
+                elif r == 4:
+                    c4 += pc[j]
+                    b4 += pb[j]
+                elif r == 5:
+                    c5 += pc[j]
+                    b5 += pb[j]
+                else:
+                    c6 += pc[j]
+                    b6 += pb[j]
+            gC[t, n] = ((c0 + c1) + (c2 + c3)) + ((c4 + c5) + (c6 + c7))
+            gB[t, n] = ((b0 + b1) + (b2 + b3)) + ((b4 + b5) + (b6 + b7))
+            if t > 0:       # ∂(Δu) += g B_n;  S = g ⊙ Ā_t ⊙ h_{t-1}:  ∂A_n += Δ ⊙ S,  Σ_n A ⊙ S += A_n ⊙ S
+                for e in range(E):
+                    ge = g[lo + e]
+                    gdu[e] += ge * bn
+                    s = ge * dA[t, lo + e] * h[t - 1, lo + e]
+                    gA[lo + e] += delta[t, e] * s
+                    sa[e] += At[n, e] * s
+            else:
+                for e in range(E):
+                    gdu[e] += g[lo + e] * bn
         for e in range(E):
-            gdelta[t, e] = gdu[e] * ut[e] + sa[e]
-            gu[t, e] = gdu[e] * dt[e] + D[e] * gyt[e]
-            gD[e] += gyt[e] * ut[e]
+            gdelta[t, e] = gdu[e] * u[t, e] + sa[e]
+            gu[t, e] = gdu[e] * delta[t, e] + D[e] * gy[t, e]
+            gD[e] += gy[t, e] * u[t, e]
 
 
 @_jit
@@ -612,9 +622,10 @@ def _selective_scan_bwd(u, delta, A, Bm, C, D, gy, gu, gdelta, gB, gC, gA_part, 
         dA, h = np.empty((T, N * E), u.dtype), np.empty((T, N * E), u.dtype)
         g, bits = np.empty(N * E, u.dtype), np.empty(N * E, np.int32)
         du, gdu, sa = np.empty(E, u.dtype), np.empty(E, u.dtype), np.empty(E, u.dtype)
+        pc, pb = np.empty(E, u.dtype), np.empty(E, u.dtype)
         for i in range(c, Bn, n_chunks):
             _scan_bwd_chain(u[i], delta[i], At, Bm[i], C[i], D, gy[i], gu[i], gdelta[i], gB[i], gC[i], gA, gD,
-                            dA, h, g, bits, du, gdu, sa)
+                            dA, h, g, bits, du, gdu, sa, pc, pb)
         for n in range(N):
             for e in range(E):
                 gA_part[c, e, n] = gA[n * E + e]

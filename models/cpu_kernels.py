@@ -412,14 +412,17 @@ class KalmanFilterSmootherNumba(torch.autograd.Function):
 # scratch rows) and add them in 8 partial sums (e mod 8) in a fixed order, so the sums do not depend on how a loop is
 # vectorised; the backward's loops index flat rows, without a helper call or a view per (t, n): numba reference-counts
 # every view, and a dot product over two arrays did not vectorise (the terms did: -37 % of the backward). Ā is
-# computed for a whole step at once by `_exp_inplace` (float32: a polynomial LLVM vectorises, since numba's np.exp
+# computed for a whole step at once by `_exp_rows` (float32: a polynomial LLVM vectorises, since numba's np.exp
 # is a scalar call per element and was most of the scan's time; float64: np.exp).
 # Batch elements are split over `n_chunks` chunks (one per thread); ∂A and ∂D are summed per chunk in float64.
 # ----------------------------------------------------------------------------------------------------------------
 
-def _exp_inplace(x, bits):
-    """x <- exp(x) for a 1-D float array; `bits` is int32 scratch of x's length (used for float32 only)."""
-    np.exp(x, out=x)
+def _exp_rows(dt, At, a, bits):
+    """a[n·E + e] <- exp(Δ_e A_n,e) for dt (E,), At (N, E), a (N·E,): Ā of one step as (N, E) rows; `bits` is int32
+    scratch of a's length (used for float32 only)."""
+    for n in range(At.shape[0]):
+        for e in range(At.shape[1]):
+            a[n * At.shape[1] + e] = np.exp(dt[e] * At[n, e])
 
 
 if numba is not None:
@@ -430,35 +433,41 @@ if numba is not None:
     _C = tuple(np.float32(1.0 / np.prod(np.arange(1, j + 1, dtype=np.float64))) for j in range(8))  # 1/j!
 
     @_jit_serial
-    def _exp_f32(x, bits):
-        """exp in float32, relative error <= 1.5e-7 (tests/test_mamba.py; np.exp: 6e-8): x = k ln2 + r with
-        |r| <= ln2/2 (Cody-Waite: ln2 split in a part exact in float32 and the rest), e^r by its degree-7 Taylor
-        polynomial, 2^k from its float32 bit pattern (k + 127) << 23. x is clamped to [-87, 88] (exp: 1.6e-38 to
-        1.7e38, the normal float32 range); NaN stays NaN."""
+    def _exp_rows_f32(dt, At, a, bits):
+        """`_exp_rows` in float32, relative error <= 1.5e-7 (tests/test_mamba.py; np.exp: 6e-8), as a polynomial LLVM
+        vectorises: v = Δ_e A_n,e = k ln2 + r with |r| <= ln2/2 (Cody-Waite: ln2 split in a part exact in float32
+        and the rest), e^r by its degree-7 Taylor polynomial, 2^k from its float32 bit pattern (k + 127) << 23,
+        written to `bits` and multiplied in by a second loop through a float32 view. v is clamped to [-87, 88]
+        (exp: 1.6e-38 to 1.7e38, the normal float32 range); NaN stays NaN."""
+        N, E = At.shape
         c0, c1, c2, c3, c4, c5, c6, c7 = _C
-        for j in range(x.shape[0]):
-            v = x[j]
-            v = np.float32(-87.0) if v < np.float32(-87.0) else v
-            v = np.float32(88.0) if v > np.float32(88.0) else v
-            ki = np.int32(v * _LOG2E + np.float32(126.5))        # floor(v log2 e + 1/2) + 126, >= 0
-            k = np.float32(ki) - np.float32(126.0)
-            r = v - k * _LN2_HI - k * _LN2_LO
-            x[j] = ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + c1) * r + c0
-            bits[j] = (ki + np.int32(1)) << np.int32(23)          # the float32 2^k
+        for n in range(N):
+            An, an, bn = At[n], a[n * E:(n + 1) * E], bits[n * E:(n + 1) * E]
+            for e in range(E):
+                v = dt[e] * An[e]
+                v = np.float32(-87.0) if v < np.float32(-87.0) else v
+                v = np.float32(88.0) if v > np.float32(88.0) else v
+                ki = np.int32(v * _LOG2E + np.float32(126.5))        # floor(v log2 e + 1/2) + 126, >= 0
+                k = np.float32(ki) - np.float32(126.0)
+                r = v - k * _LN2_HI - k * _LN2_LO
+                an[e] = ((((((c7 * r + c6) * r + c5) * r + c4) * r + c3) * r + c2) * r + c1) * r + c0
+                bn[e] = (ki + np.int32(1)) << np.int32(23)          # the float32 2^k
         two_k = bits.view(np.float32)
-        for j in range(x.shape[0]):
-            x[j] *= two_k[j]
+        for j in range(a.shape[0]):
+            a[j] *= two_k[j]
 
     @_jit_serial
-    def _exp_loop(x, bits):
-        for j in range(x.shape[0]):
-            x[j] = np.exp(x[j])
+    def _exp_rows_loop(dt, At, a, bits):
+        N, E = At.shape
+        for n in range(N):
+            for e in range(E):
+                a[n * E + e] = np.exp(dt[e] * At[n, e])
 
-    @overload(_exp_inplace)
-    def _exp_inplace_overload(x, bits):
-        if x.dtype == types.float32:
-            return lambda x, bits: _exp_f32(x, bits)
-        return lambda x, bits: _exp_loop(x, bits)
+    @overload(_exp_rows)
+    def _exp_rows_overload(dt, At, a, bits):
+        if a.dtype == types.float32:
+            return lambda dt, At, a, bits: _exp_rows_f32(dt, At, a, bits)
+        return lambda dt, At, a, bits: _exp_rows_loop(dt, At, a, bits)
 
 
 @_jit_serial
@@ -469,10 +478,7 @@ def _scan_fwd_chain(u, delta, At, Bm, C, D, y, h, a, bits):
     h[:] = 0
     for t in range(T):
         dt, ut, yt = delta[t], u[t], y[t]
-        for n in range(N):
-            for e in range(E):
-                a[n * E + e] = dt[e] * At[n, e]
-        _exp_inplace(a, bits)
+        _exp_rows(dt, At, a, bits)
         for e in range(E):
             yt[e] = D[e] * ut[e]
         for n in range(N):
@@ -490,10 +496,7 @@ def _scan_recompute(u, delta, At, Bm, dA, h, bits):
     N = At.shape[0]
     for t in range(T):
         dt, ut, at, ht = delta[t], u[t], dA[t], h[t]
-        for n in range(N):
-            for e in range(E):
-                at[n * E + e] = dt[e] * At[n, e]
-        _exp_inplace(at, bits)
+        _exp_rows(dt, At, at, bits)
         for n in range(N):
             bn = Bm[t, n]
             if t > 0:

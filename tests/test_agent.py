@@ -235,6 +235,23 @@ def test_act_runs_the_online_filter_in_eval_mode():
     assert len(samples) == 5  # the exploration policy samples
 
 
+def test_act_puts_every_module_in_eval_mode_whatever_mode_it_finds():
+    """act() switches to eval() only when the model is not in it already (rl/agent.py): whether the model was left
+    in train() mode, by an update, or by the previous act, every module acts in eval mode; the acting state (made
+    under inference_mode) feeds the next step, and an update after acting trains as usual."""
+    agent = make_agent()
+    obs = np.random.default_rng(1).normal(size=OBS).astype(np.float32)
+    state = agent.initial_state()
+    for leave_mode in (agent.world_model.train, lambda: agent.update(batch()), lambda: None):
+        leave_mode()
+        a1, s1 = agent.act(obs, state, deterministic=True)
+        assert not any(m.training for m in agent.world_model.modules())
+        np.testing.assert_array_equal(a1, agent.act(obs, state, deterministic=True)[0])
+        agent.act(obs, s1, deterministic=False)
+    logs = agent.update(batch())
+    assert np.isfinite(logs["model_loss"]) and np.isfinite(logs["sac_critic_loss"])
+
+
 def test_state_dict_round_trip_continues_identically():
     a, b = make_agent(), make_agent()
     a.update(batch(seed=1))

@@ -198,7 +198,7 @@ RESUME_FLAGS = dict(env_steps=200, eval_every=60, eval_episodes=2, checkpoint_ev
 
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory):
-    """An uninterrupted kalmamba run: 20 episodes of 10 agent steps, 90 updates, evaluations at 60/120/180/200."""
+    """An uninterrupted kalmamba run: 20 episodes of 10 agent steps, 40 updates, evaluations at 60/120/180/200."""
     out = tmp_path_factory.mktemp("reference") / "run"
     assert main(argv("kalmamba", "noisy_state", out, **RESUME_FLAGS)) == 0
     return out
@@ -240,14 +240,18 @@ def assert_same_curve(run, reference):
 
 def test_sigkill_at_a_random_point_then_restart_gives_the_same_curve(reference_run, tmp_path):
     out = tmp_path / "run"
-    delay = random.Random().uniform(0.0, 1.0)
+    # a random point of the run's progress (5-25 of its 40 updates), not of the clock: a faster machine or code
+    # must not let the run finish before the kill; then a random delay under one step's time
+    rng = random.Random()
+    min_updates, delay = rng.randint(5, 25), rng.uniform(0.0, 0.05)
     with open(tmp_path / "log", "w") as log:
         proc = start_subprocess(out, log)
-        wait_for_progress(proc, out, min_updates=5)
+        wait_for_progress(proc, out, min_updates=min_updates)
         time.sleep(delay)
         proc.kill()
         rc = proc.wait()
-    assert rc == -signal.SIGKILL, f"the run ended before the kill (delay {delay:.2f} s): exit status {rc}"
+    assert rc == -signal.SIGKILL, (f"the run ended before the kill (after {min_updates} updates + {delay:.2f} s): "
+                                   f"exit status {rc}")
     assert not (out / "DONE").exists()
     killed_at = torch.load(out / "checkpoint.pt", weights_only=True)["counters"]["env_step"]
     assert 40 <= killed_at < 200
